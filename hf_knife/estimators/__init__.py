@@ -1,0 +1,24 @@
+"""KNIFE estimators of differential entropy and mutual information."""
+
+from .baselines import DoEEstimator, SchraudolphKernel, knn_entropy, ksg_mutual_information
+from .conditional import ConditionalKernel
+from .discrete import DiscreteConditionalKernel
+from .functional import COVARIANCE_TYPES, component_log_prob, discrete_mixture_log_prob, mixture_log_prob
+from .marginal import MarginalKernel
+from .mutual_information import KNIFEEstimator, KNIFEOutput
+
+__all__ = [
+    "COVARIANCE_TYPES",
+    "ConditionalKernel",
+    "DiscreteConditionalKernel",
+    "DoEEstimator",
+    "KNIFEEstimator",
+    "KNIFEOutput",
+    "MarginalKernel",
+    "SchraudolphKernel",
+    "component_log_prob",
+    "discrete_mixture_log_prob",
+    "knn_entropy",
+    "ksg_mutual_information",
+    "mixture_log_prob",
+]

@@ -1,0 +1,114 @@
+"""Shared machinery of the KNIFE kernels: parameter creation, initialisation, fp32 execution, save/load."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+from .functional import COVARIANCE_TYPES
+from .validation import check_choice, check_full_covariance_fits
+
+__all__ = ["KernelBase", "scott_bandwidth"]
+
+
+def scott_bandwidth(x: Tensor, num_components: int) -> Tensor:
+    """Per-dimension Scott bandwidth for a mixture of ``num_components`` kernels on samples ``x [N, d]``: ``[d]``."""
+    d = x.shape[1]
+    std = x.std(0, unbiased=x.shape[0] > 1).clamp_min(1e-6)  # [d]
+    return std * num_components ** (-1.0 / (d + 4))
+
+
+class KernelBase(nn.Module, PyTorchModelHubMixin, library_name="hf_knife", tags=["knife", "entropy-estimation"]):
+    """Base class of the KNIFE kernels.
+
+    Subclasses call :meth:`_make_mixture` to create ``loc``, ``log_diag``, ``mixture_logits`` and, for ``full`` and
+    ``low_rank`` covariances, ``tril`` / ``factor``, with an optional leading shape (``[C]`` for one mixture per
+    class). ``save_pretrained`` / ``from_pretrained`` (from :class:`huggingface_hub.PyTorchModelHubMixin`) write the
+    constructor arguments to ``config.json`` and the weights to ``model.safetensors``.
+    """
+
+    dim: int
+    num_components: int
+    covariance: str
+
+    def _make_mixture(
+        self,
+        prefix: tuple[int, ...],
+        dim: int,
+        num_components: int,
+        covariance: str,
+        rank: int | None,
+        learn_means: bool,
+        learn_weights: bool,
+        init_std: float,
+        init_bandwidth: float,
+        bandwidth_bounds: tuple[float, float] | None,
+    ) -> None:
+        check_choice(covariance, "covariance", COVARIANCE_TYPES)
+        if dim < 1 or num_components < 1:
+            raise ValueError(f"dim and num_components must be positive, got dim={dim}, num_components={num_components}")
+        rank = min(8, dim) if rank is None else rank
+        if covariance == "low_rank" and not 1 <= rank <= dim:
+            raise ValueError(f"rank must be in [1, dim={dim}] for covariance='low_rank', got {rank}")
+        if init_bandwidth <= 0 or init_std < 0:
+            raise ValueError(f"init_bandwidth must be > 0 and init_std >= 0, got {init_bandwidth} and {init_std}")
+        if bandwidth_bounds is not None:
+            low, high = bandwidth_bounds
+            if not 0 < low < high:
+                raise ValueError(f"bandwidth_bounds must be (min, max) with 0 < min < max, got {bandwidth_bounds}")
+        if covariance == "full":
+            num_mixtures = math.prod(prefix) if prefix else 1
+            check_full_covariance_fits(dim, num_components * num_mixtures)
+        self.dim, self.num_components, self.covariance, self.rank = dim, num_components, covariance, rank
+        self.bandwidth_bounds = tuple(bandwidth_bounds) if bandwidth_bounds is not None else None
+
+        diag_components = 1 if covariance == "shared_diagonal" else num_components
+        self.loc = nn.Parameter(init_std * torch.randn(*prefix, num_components, dim), requires_grad=learn_means)
+        self.log_diag = nn.Parameter(torch.full((*prefix, diag_components, dim), -math.log(init_bandwidth)))
+        self.mixture_logits = nn.Parameter(torch.zeros(*prefix, num_components), requires_grad=learn_weights)
+        self.tril = nn.Parameter(torch.zeros(*prefix, num_components, dim, dim)) if covariance == "full" else None
+        self.factor = (
+            nn.Parameter(torch.randn(*prefix, num_components, dim, rank) * (0.01 / math.sqrt(dim)))
+            if covariance == "low_rank"
+            else None
+        )
+
+    def _bounded_log_diag(self, log_diag: Tensor) -> Tensor:
+        """Clamp ``log_diag`` to the bandwidth bounds (bandwidth = exp(-log_diag)), if any."""
+        if self.bandwidth_bounds is None:
+            return log_diag
+        low, high = self.bandwidth_bounds
+        return log_diag.clamp(-math.log(high), -math.log(low))
+
+    @contextlib.contextmanager
+    def _fp32(self, x: Tensor):
+        """Run the density in the parameters' dtype (fp32 or fp64), never under half-precision autocast."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            yield x.to(self.loc.dtype)
+
+    def _check_x(self, x: Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
+
+    @torch.no_grad()
+    def _init_mixture_from_samples(self, x: Tensor, loc: Tensor, log_diag: Tensor, mixture_logits: Tensor) -> None:
+        """Set means to random samples of ``x [N, d]`` and bandwidths by Scott's rule (in place, one mixture)."""
+        x = x.to(loc.dtype)
+        k = loc.shape[-2]
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+        if x.shape[0] >= k:
+            index = torch.randperm(x.shape[0], generator=generator)[:k]
+            loc.copy_(x[index])
+        else:  # fewer samples than components: jitter repeated samples
+            index = torch.randint(0, x.shape[0], (k,), generator=generator)
+            loc.copy_(x[index] + 0.1 * x.std(0, unbiased=x.shape[0] > 1) * torch.randn(k, x.shape[1]))
+        bandwidth = scott_bandwidth(x, k) if x.shape[0] > 1 else torch.ones(x.shape[1])  # [d]
+        log_diag.copy_(-bandwidth.log().expand_as(log_diag))
+        mixture_logits.zero_()
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_components={self.num_components}, covariance={self.covariance!r}"
