@@ -1,5 +1,6 @@
 """hf_knife: KNIFE differential entropy and mutual information as training-time penalties for Transformers."""
 
+from .api import EstimationResult, estimate_entropy, estimate_mutual_information
 from .estimators import (
     ConditionalKernel,
     DiscreteConditionalKernel,
@@ -13,6 +14,9 @@ from .estimators import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "EstimationResult",
+    "estimate_entropy",
+    "estimate_mutual_information",
     "ConditionalKernel",
     "DiscreteConditionalKernel",
     "DoEEstimator",

@@ -22,7 +22,9 @@ def scott_bandwidth(x: Tensor, num_components: int) -> Tensor:
     return std * num_components ** (-1.0 / (d + 4))
 
 
-class KernelBase(nn.Module, PyTorchModelHubMixin, library_name="hf_knife", tags=["knife", "entropy-estimation"]):
+class KernelBase(
+    nn.Module, PyTorchModelHubMixin, library_name="hf_knife", tags=["knife", "entropy-estimation"]
+):
     """Base class of the KNIFE kernels.
 
     Subclasses call :meth:`_make_mixture` to create ``loc``, ``log_diag``, ``mixture_logits`` and, for ``full`` and
@@ -50,16 +52,22 @@ class KernelBase(nn.Module, PyTorchModelHubMixin, library_name="hf_knife", tags=
     ) -> None:
         check_choice(covariance, "covariance", COVARIANCE_TYPES)
         if dim < 1 or num_components < 1:
-            raise ValueError(f"dim and num_components must be positive, got dim={dim}, num_components={num_components}")
+            raise ValueError(
+                f"dim and num_components must be positive, got dim={dim}, num_components={num_components}"
+            )
         rank = min(8, dim) if rank is None else rank
         if covariance == "low_rank" and not 1 <= rank <= dim:
             raise ValueError(f"rank must be in [1, dim={dim}] for covariance='low_rank', got {rank}")
         if init_bandwidth <= 0 or init_std < 0:
-            raise ValueError(f"init_bandwidth must be > 0 and init_std >= 0, got {init_bandwidth} and {init_std}")
+            raise ValueError(
+                f"init_bandwidth must be > 0 and init_std >= 0, got {init_bandwidth} and {init_std}"
+            )
         if bandwidth_bounds is not None:
             low, high = bandwidth_bounds
             if not 0 < low < high:
-                raise ValueError(f"bandwidth_bounds must be (min, max) with 0 < min < max, got {bandwidth_bounds}")
+                raise ValueError(
+                    f"bandwidth_bounds must be (min, max) with 0 < min < max, got {bandwidth_bounds}"
+                )
         if covariance == "full":
             num_mixtures = math.prod(prefix) if prefix else 1
             check_full_covariance_fits(dim, num_components * num_mixtures)
@@ -67,10 +75,14 @@ class KernelBase(nn.Module, PyTorchModelHubMixin, library_name="hf_knife", tags=
         self.bandwidth_bounds = tuple(bandwidth_bounds) if bandwidth_bounds is not None else None
 
         diag_components = 1 if covariance == "shared_diagonal" else num_components
-        self.loc = nn.Parameter(init_std * torch.randn(*prefix, num_components, dim), requires_grad=learn_means)
+        self.loc = nn.Parameter(
+            init_std * torch.randn(*prefix, num_components, dim), requires_grad=learn_means
+        )
         self.log_diag = nn.Parameter(torch.full((*prefix, diag_components, dim), -math.log(init_bandwidth)))
         self.mixture_logits = nn.Parameter(torch.zeros(*prefix, num_components), requires_grad=learn_weights)
-        self.tril = nn.Parameter(torch.zeros(*prefix, num_components, dim, dim)) if covariance == "full" else None
+        self.tril = (
+            nn.Parameter(torch.zeros(*prefix, num_components, dim, dim)) if covariance == "full" else None
+        )
         self.factor = (
             nn.Parameter(torch.randn(*prefix, num_components, dim, rank) * (0.01 / math.sqrt(dim)))
             if covariance == "low_rank"
@@ -95,7 +107,9 @@ class KernelBase(nn.Module, PyTorchModelHubMixin, library_name="hf_knife", tags=
             raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
 
     @torch.no_grad()
-    def _init_mixture_from_samples(self, x: Tensor, loc: Tensor, log_diag: Tensor, mixture_logits: Tensor) -> None:
+    def _init_mixture_from_samples(
+        self, x: Tensor, loc: Tensor, log_diag: Tensor, mixture_logits: Tensor
+    ) -> None:
         """Set means to random samples of ``x [N, d]`` and bandwidths by Scott's rule (in place, one mixture)."""
         x = x.to(loc.dtype)
         k = loc.shape[-2]

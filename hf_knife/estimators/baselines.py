@@ -51,7 +51,9 @@ class DoEEstimator(MarginalKernel):
         self._check_x(x)
         x = x.to(torch.float64)
         covariance = torch.cov(x.T, correction=0).reshape(self.dim, self.dim)  # [d, d]
-        covariance = covariance + self.ridge * covariance.diagonal().mean().clamp_min(1e-12) * torch.eye(self.dim, dtype=x.dtype)
+        covariance = covariance + self.ridge * covariance.diagonal().mean().clamp_min(1e-12) * torch.eye(
+            self.dim, dtype=x.dtype
+        )
         factor = _lower_precision_factor(covariance)  # [d, d]
         scale = factor.diagonal()  # [d]
         self.loc.copy_(x.mean(0, keepdim=True))
@@ -88,7 +90,9 @@ def doe_mutual_information(x: Tensor, y: Tensor) -> float:
     y = torch.as_tensor(y)
 
     def cov(a: Tensor) -> Tensor:
-        return torch.cov(a.T, correction=0).reshape(a.shape[1], a.shape[1]) + 1e-9 * torch.eye(a.shape[1], dtype=a.dtype)
+        return torch.cov(a.T, correction=0).reshape(a.shape[1], a.shape[1]) + 1e-9 * torch.eye(
+            a.shape[1], dtype=a.dtype
+        )
 
     if y.dim() == 1 and not torch.is_floating_point(y):
         conditional = 0.0

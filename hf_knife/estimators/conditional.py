@@ -46,7 +46,9 @@ class ConditionalKernel(KernelBase):
             raise ValueError(f"cond_dim must be a positive integer, got {cond_dim}")
         self.cond_dim = cond_dim
         # The mixture built by _make_mixture holds the y-independent part (the output biases).
-        self._make_mixture((), dim, num_components, covariance, rank, True, True, 1.0, init_bandwidth, bandwidth_bounds)
+        self._make_mixture(
+            (), dim, num_components, covariance, rank, True, True, 1.0, init_bandwidth, bandwidth_bounds
+        )
         diag_components = 1 if covariance == "shared_diagonal" else num_components
         self._sizes = {
             "loc": num_components * dim,
@@ -88,11 +90,18 @@ class ConditionalKernel(KernelBase):
         """``log q(x | y)`` per sample: ``x [B, dim]``, ``y [B, cond_dim]`` -> ``[B]``."""
         self._check_x(x)
         if y.dim() != 2 or y.shape != (x.shape[0], self.cond_dim):
-            raise ValueError(f"y must have shape [{x.shape[0]}, {self.cond_dim}] to match x, got {tuple(y.shape)}")
+            raise ValueError(
+                f"y must have shape [{x.shape[0]}, {self.cond_dim}] to match x, got {tuple(y.shape)}"
+            )
         with self._fp32(x) as x:
             params = self.mixture_parameters(y.to(x.dtype))
             return mixture_log_prob(
-                x, params["loc"], params["log_diag"], params["mixture_logits"], tril=params["tril"], factor=params["factor"]
+                x,
+                params["loc"],
+                params["log_diag"],
+                params["mixture_logits"],
+                tril=params["tril"],
+                factor=params["factor"],
             )
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
@@ -115,4 +124,3 @@ class ConditionalKernel(KernelBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", cond_dim={self.cond_dim}"
-

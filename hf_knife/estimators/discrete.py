@@ -48,7 +48,9 @@ class DiscreteConditionalKernel(KernelBase):
         if labels.dim() != 1 or labels.shape[0] != x.shape[0]:
             raise ValueError(f"labels must have shape [{x.shape[0]}] to match x, got {tuple(labels.shape)}")
         if torch.is_floating_point(labels):
-            raise ValueError(f"labels must be integer class ids in [0, {self.num_classes - 1}], got dtype {labels.dtype}")
+            raise ValueError(
+                f"labels must be integer class ids in [0, {self.num_classes - 1}], got dtype {labels.dtype}"
+            )
         return labels.long()
 
     def log_prob(self, x: Tensor, labels: Tensor) -> Tensor:

@@ -121,7 +121,9 @@ def _per_sample_quadratic(
     diff = x.unsqueeze(1) - loc  # [B, K, d]
     z = diff * log_diag.exp()  # [B, K, d]  diag(s) (x - a)
     if tril is not None:
-        z = z + torch.einsum("kij,bkj->bki", torch.tril(tril, diagonal=-1), z)  # [B, K, d]  (I + L) diag(s)(x - a)
+        z = z + torch.einsum(
+            "kij,bkj->bki", torch.tril(tril, diagonal=-1), z
+        )  # [B, K, d]  (I + L) diag(s)(x - a)
     quad = z.square().sum(-1)  # [B, K]
     if factor is not None:
         equation = "bkdr,bkd->bkr" if factor.dim() == 4 else "kdr,bkd->bkr"
@@ -174,7 +176,9 @@ def _mixture_log_prob(
     factor: Tensor | None,
 ) -> Tensor:
     log_weights = torch.log_softmax(mixture_logits, dim=-1)  # [K] or [B, K]
-    return torch.logsumexp(log_weights + component_log_prob(x, loc, log_diag, tril=tril, factor=factor), dim=-1)
+    return torch.logsumexp(
+        log_weights + component_log_prob(x, loc, log_diag, tril=tril, factor=factor), dim=-1
+    )
 
 
 def _chunked(fn, x: Tensor, per_sample: tuple, shared: tuple, chunk_size: int | None) -> Tensor:

@@ -32,7 +32,9 @@ class KNIFEOutput:
     loss: Tensor
 
 
-class KNIFEEstimator(nn.Module, PyTorchModelHubMixin, library_name="hf_knife", tags=["knife", "mutual-information"]):
+class KNIFEEstimator(
+    nn.Module, PyTorchModelHubMixin, library_name="hf_knife", tags=["knife", "mutual-information"]
+):
     """Mutual information between ``x [B, dim]`` and a continuous ``y [B, cond_dim]`` or discrete ``y [B]``.
 
     Pass exactly one of ``cond_dim`` (continuous: :class:`ConditionalKernel`) or ``num_classes`` (discrete:

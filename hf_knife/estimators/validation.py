@@ -48,34 +48,46 @@ def check_samples(x: Tensor, name: str = "x", dim: int | None = None, min_sample
     if not bool(finite.all()):
         bad = (~finite).nonzero()[0].tolist()
         count = int((~finite).sum())
-        raise ValueError(f"{name} contains {count} NaN or Inf values (first at row {bad[0]}, column {bad[1]})")
+        raise ValueError(
+            f"{name} contains {count} NaN or Inf values (first at row {bad[0]}, column {bad[1]})"
+        )
     return x
 
 
-def check_labels(labels: Tensor, name: str = "labels", num_classes: int | None = None, length: int | None = None) -> Tensor:
+def check_labels(
+    labels: Tensor, name: str = "labels", num_classes: int | None = None, length: int | None = None
+) -> Tensor:
     """Check integer class labels ``[N]`` in ``[0, num_classes)``; returns them as int64."""
     if labels.dim() == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]  # [N]
     if labels.dim() != 1:
-        raise ValueError(f"{name} must have shape [N] (one class id per sample), got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"{name} must have shape [N] (one class id per sample), got shape {tuple(labels.shape)}"
+        )
     if length is not None and labels.shape[0] != length:
         raise ValueError(f"{name} has {labels.shape[0]} entries but there are {length} samples")
     if torch.is_floating_point(labels):
         if not bool(torch.isfinite(labels).all()):
             raise ValueError(f"{name} contains NaN or Inf; expected integer class ids")
         if not bool((labels == labels.round()).all()):
-            raise ValueError(f"{name} must be integer class ids, got non-integer values such as {labels[labels != labels.round()][0].item()}")
+            raise ValueError(
+                f"{name} must be integer class ids, got non-integer values such as {labels[labels != labels.round()][0].item()}"
+            )
     elif labels.dtype == torch.bool or labels.is_complex():
         raise ValueError(f"{name} must be integer class ids, got dtype {labels.dtype}")
     labels = labels.long()
     if labels.numel() and int(labels.min()) < 0:
         raise ValueError(f"{name} must be non-negative class ids, got {int(labels.min())}")
     if num_classes is not None and labels.numel() and int(labels.max()) >= num_classes:
-        raise ValueError(f"{name} contains class id {int(labels.max())}, expected ids in [0, {num_classes - 1}]")
+        raise ValueError(
+            f"{name} contains class id {int(labels.max())}, expected ids in [0, {num_classes - 1}]"
+        )
     return labels
 
 
-def check_full_covariance_fits(dim: int, num_components: int, device: torch.device | str | None = None) -> None:
+def check_full_covariance_fits(
+    dim: int, num_components: int, device: torch.device | str | None = None
+) -> None:
     """Refuse a ``full`` covariance whose parameters (and their gradient and Adam state) cannot fit in memory."""
     needed = 4 * 4 * num_components * dim * dim  # fp32 parameter, gradient, two Adam moments
     device = torch.device(device) if device is not None else torch.device("cpu")

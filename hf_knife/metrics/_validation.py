@@ -19,7 +19,9 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
     try:
         array = np.asarray(x)
     except Exception as error:  # pragma: no cover - exotic inputs
-        raise TypeError(f"{name} must be array-like (list, numpy array or torch tensor), got {type(x).__name__}") from error
+        raise TypeError(
+            f"{name} must be array-like (list, numpy array or torch tensor), got {type(x).__name__}"
+        ) from error
     if array.dtype == object:
         raise TypeError(f"{name} must hold numbers or strings, got an object array (ragged or mixed types?)")
     return array
@@ -31,7 +33,9 @@ def check_1d(x: Any, name: str, min_len: int = 1) -> np.ndarray:
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1:
-        raise ValueError(f"{name} must have shape [N] (one value per example), got shape {tuple(array.shape)}")
+        raise ValueError(
+            f"{name} must have shape [N] (one value per example), got shape {tuple(array.shape)}"
+        )
     if array.shape[0] < min_len:
         raise ValueError(f"{name} is empty; expected at least {min_len} example(s)")
     if array.dtype.kind == "f":
@@ -42,7 +46,9 @@ def check_1d(x: Any, name: str, min_len: int = 1) -> np.ndarray:
                 "expected class or group ids"
             )
         if np.any(array != np.round(array)):
-            raise ValueError(f"{name} holds non-integer floats; expected class or group ids (ints or strings)")
+            raise ValueError(
+                f"{name} holds non-integer floats; expected class or group ids (ints or strings)"
+            )
         array = array.astype(np.int64)
     return array
 
@@ -61,14 +67,18 @@ def check_representations(x: Any, name: str, dim: int | None = None) -> np.ndarr
     array = to_numpy(x, name)
     if array.ndim != 2:
         hint = " (pool the token states to one vector per example first)" if array.ndim == 3 else ""
-        raise ValueError(f"{name} must have shape [N, d] (one row per example), got shape {tuple(array.shape)}{hint}")
+        raise ValueError(
+            f"{name} must have shape [N, d] (one row per example), got shape {tuple(array.shape)}{hint}"
+        )
     if array.shape[0] == 0:
         raise ValueError(f"{name} is empty; expected at least one example")
     if array.dtype.kind not in "fiub":
         raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
     array = array.astype(np.float64, copy=False)
     if dim is not None and array.shape[1] != dim:
-        raise ValueError(f"{name} has {array.shape[1]} features per example, expected {dim} (as in the train split)")
+        raise ValueError(
+            f"{name} has {array.shape[1]} features per example, expected {dim} (as in the train split)"
+        )
     bad = ~np.isfinite(array)
     if bad.any():
         row, col = np.argwhere(bad)[0]

@@ -1,0 +1,298 @@
+"""The KNIFE mixture density against torch.distributions, a naive broadcast oracle, and gradcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+
+from hf_knife import ConditionalKernel, DiscreteConditionalKernel, KNIFEEstimator, MarginalKernel
+from hf_knife.estimators import COVARIANCE_TYPES, component_log_prob, mixture_log_prob
+
+torch.set_default_dtype(torch.float64)
+
+
+def precision_matrices(
+    log_diag: torch.Tensor, tril: torch.Tensor | None, factor: torch.Tensor | None
+) -> torch.Tensor:
+    """The precision implied by the parameters, built the slow, obvious way: ``[..., d, d]``."""
+    d = log_diag.shape[-1]
+    scale = torch.diag_embed(log_diag.exp())  # [..., d, d]
+    if tril is not None:
+        a = (torch.eye(d) + torch.tril(tril, -1)) @ scale  # [..., d, d]
+        return a.transpose(-1, -2) @ a
+    precision = scale @ scale
+    if factor is not None:
+        precision = precision + factor @ factor.transpose(-1, -2)
+    return precision
+
+
+def reference_log_prob(x, loc, log_diag, logits, tril=None, factor=None):
+    """torch.distributions oracle for shared components ``loc [K, d]``: ``[B]``."""
+    log_diag = log_diag.expand_as(loc)
+    mixture = MixtureSameFamily(
+        Categorical(logits=logits),
+        MultivariateNormal(loc, precision_matrix=precision_matrices(log_diag, tril, factor)),
+    )
+    return mixture.log_prob(x)
+
+
+def random_parameters(cov: str, k: int, d: int, rank: int = 3, prefix=()):
+    shape = (*prefix, 1 if cov == "shared_diagonal" else k, d)
+    return dict(
+        loc=torch.randn(*prefix, k, d),
+        log_diag=0.3 * torch.randn(*shape),
+        logits=torch.randn(*prefix, k),
+        tril=0.3 * torch.randn(*prefix, k, d, d) if cov == "full" else None,
+        factor=0.3 * torch.randn(*prefix, k, d, rank) if cov == "low_rank" else None,
+    )
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+@pytest.mark.parametrize("batch,k,d", [(7, 3, 5), (1, 4, 2), (11, 1, 6), (5, 9, 1)])
+def test_mixture_log_prob_matches_torch_distributions(cov, batch, k, d):
+    torch.manual_seed(batch * 100 + k * 10 + d)
+    p = random_parameters(cov, k, d, rank=min(3, d))
+    x = torch.randn(batch, d)
+    expected = reference_log_prob(x, p["loc"], p["log_diag"], p["logits"], p["tril"], p["factor"])
+    got = mixture_log_prob(x, p["loc"], p["log_diag"], p["logits"], tril=p["tril"], factor=p["factor"])
+    assert got.shape == (batch,)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_offset_data_is_exact_in_float32(cov):
+    """Features with a large common offset: the GEMM expansion must not cancel catastrophically."""
+    torch.manual_seed(0)
+    k, d = 6, 8
+    p = random_parameters(cov, k, d, rank=3)
+    offset = 1e4
+    x32 = (torch.randn(32, d) + offset).float()  # hidden states with a large common offset
+    p32 = {name: None if t is None else t.float() for name, t in p.items()}
+    p32["loc"] = p32["loc"] + offset
+    # Oracle: the same float32 values, evaluated by torch.distributions in float64.
+    p64 = {name: None if t is None else t.double() for name, t in p32.items()}
+    expected = reference_log_prob(
+        x32.double(), p64["loc"], p64["log_diag"], p64["logits"], p64["tril"], p64["factor"]
+    )
+    got = mixture_log_prob(
+        x32, p32["loc"], p32["log_diag"], p32["logits"], tril=p32["tril"], factor=p32["factor"]
+    )
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_chunked_evaluation_equals_unchunked_with_gradients(cov):
+    torch.manual_seed(1)
+    p = random_parameters(cov, 4, 3, rank=2)
+    params = {n: t.requires_grad_() for n, t in p.items() if t is not None}
+    x = torch.randn(10, 3)
+
+    def run(chunk_size):
+        value = mixture_log_prob(
+            x, params["loc"], params["log_diag"], params["logits"],
+            tril=params.get("tril"), factor=params.get("factor"), chunk_size=chunk_size,
+        )  # fmt: skip
+        grads = torch.autograd.grad(value.square().sum(), list(params.values()))
+        return value, grads
+
+    value, grads = run(None)
+    value_chunked, grads_chunked = run(3)
+    torch.testing.assert_close(value_chunked, value)
+    for g, g_chunked in zip(grads, grads_chunked):
+        torch.testing.assert_close(g_chunked, g)
+
+
+def naive_component_log_prob(x, loc, log_diag, tril=None, factor=None):
+    """Naive broadcast formulation (``[B, K, d]`` and ``[B, K, d, d]`` tensors): ``[B, K]``."""
+    d = x.shape[-1]
+    log_diag = log_diag.expand_as(loc)
+    precision = precision_matrices(log_diag, tril, factor)  # [K, d, d]
+    diff = x[:, None, :] - loc[None]  # [B, K, d]
+    quad = torch.einsum("bki,kij,bkj->bk", diff, precision, diff)
+    return (
+        0.5 * torch.linalg.slogdet(precision)[1]
+        - 0.5 * quad
+        - 0.5 * d * torch.log(torch.tensor(2 * torch.pi))
+    )
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_efficient_components_equal_naive_broadcast(cov):
+    torch.manual_seed(2)
+    p = random_parameters(cov, 5, 4, rank=2)
+    x = torch.randn(9, 4)
+    expected = naive_component_log_prob(x, p["loc"], p["log_diag"], p["tril"], p["factor"])
+    got = component_log_prob(x, p["loc"], p["log_diag"], tril=p["tril"], factor=p["factor"])
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_per_sample_components_match_torch_distributions(cov):
+    """The per-sample path (conditional kernel) equals one torch mixture per sample."""
+    torch.manual_seed(3)
+    batch, k, d = 6, 3, 4
+    p = random_parameters(cov, k, d, rank=2, prefix=(batch,))
+    tril = p["tril"][0] if cov == "full" else None  # the conditional's tril does not depend on y: [K, d, d]
+    x = torch.randn(batch, d)
+    got = mixture_log_prob(x, p["loc"], p["log_diag"], p["logits"], tril=tril, factor=p["factor"])
+    for b in range(batch):
+        expected = reference_log_prob(
+            x[b : b + 1], p["loc"][b], p["log_diag"][b], p["logits"][b], tril,
+            None if p["factor"] is None else p["factor"][b],
+        )  # fmt: skip
+        torch.testing.assert_close(got[b : b + 1], expected)
+
+
+def randomise(module: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(0.3 * torch.randn_like(param))
+    return module
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_marginal_kernel_log_prob(cov):
+    torch.manual_seed(4)
+    kernel = randomise(MarginalKernel(5, num_components=3, covariance=cov, rank=2).double())
+    x = torch.randn(8, 5)
+    expected = reference_log_prob(
+        x, kernel.loc, kernel.log_diag, kernel.mixture_logits, kernel.tril, kernel.factor
+    )
+    torch.testing.assert_close(kernel.log_prob(x), expected)
+    torch.testing.assert_close(kernel(x), -expected.mean())
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+@pytest.mark.parametrize("num_classes", [1, 2, 5])
+def test_discrete_conditional_kernel_log_prob(cov, num_classes):
+    torch.manual_seed(5 + num_classes)
+    batch, k, d = 7, 3, 4  # B, K, d, C all differ
+    kernel = randomise(
+        DiscreteConditionalKernel(d, num_classes, num_components=k, covariance=cov, rank=2).double()
+    )
+    x = torch.randn(batch, d)
+    labels = torch.randint(0, num_classes, (batch,))
+    got = kernel.log_prob(x, labels)
+    for b in range(batch):
+        c = labels[b]
+        expected = reference_log_prob(
+            x[b : b + 1], kernel.loc[c], kernel.log_diag[c], kernel.mixture_logits[c],
+            None if kernel.tril is None else kernel.tril[c], None if kernel.factor is None else kernel.factor[c],
+        )  # fmt: skip
+        torch.testing.assert_close(got[b : b + 1], expected)
+
+
+def test_discrete_batch_missing_classes_is_finite_and_ignores_them():
+    torch.manual_seed(6)
+    kernel = randomise(DiscreteConditionalKernel(3, 6, num_components=2).double())
+    x = torch.randn(5, 3, requires_grad=True)
+    labels = torch.zeros(5, dtype=torch.long)  # classes 1..5 absent
+    loss = kernel(x, labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.all(kernel.loc.grad[1:] == 0) and kernel.loc.grad[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_conditional_kernel_log_prob_with_dim_not_cond_dim(cov):
+    torch.manual_seed(7)
+    dim, cond_dim, k, batch = 4, 3, 5, 6
+    kernel = randomise(
+        ConditionalKernel(dim, cond_dim, num_components=k, covariance=cov, rank=2, hidden_dims=(8,)).double()
+    )
+    x, y = torch.randn(batch, dim), torch.randn(batch, cond_dim)
+    params = kernel.mixture_parameters(y)
+    assert params["loc"].shape == (batch, k, dim)
+    got = kernel.log_prob(x, y)
+    for b in range(batch):
+        expected = reference_log_prob(
+            x[b : b + 1], params["loc"][b], params["log_diag"][b], params["mixture_logits"][b], params["tril"],
+            None if params["factor"] is None else params["factor"][b],
+        )  # fmt: skip
+        torch.testing.assert_close(got[b : b + 1], expected)
+
+
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_gradcheck_kernels(cov):
+    """float64 gradcheck with respect to the samples and to every learnable parameter."""
+    torch.manual_seed(8)
+    x = torch.randn(4, 3, requires_grad=True)
+    labels = torch.tensor([0, 1, 1, 0])
+    y = torch.randn(4, 2)
+    cases = [
+        (randomise(MarginalKernel(3, 2, cov, rank=2).double()), ()),
+        (randomise(DiscreteConditionalKernel(3, 2, 2, cov, rank=2).double()), (labels,)),
+        (randomise(ConditionalKernel(3, 2, 2, cov, rank=2, hidden_dims=(4,)).double()), (y,)),
+    ]
+    for module, condition in cases:
+        assert torch.autograd.gradcheck(lambda x, m=module, c=condition: m.log_prob(x, *c), (x,))
+        names = [n for n, p in module.named_parameters() if p.requires_grad]
+        values = tuple(module.get_parameter(n).detach().clone().requires_grad_() for n in names)
+
+        def by_parameters(*values, module=module, names=names, condition=condition):
+            return torch.func.functional_call(module, dict(zip(names, values)), (x.detach(), *condition))
+
+        assert torch.autograd.gradcheck(by_parameters, values)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_knife_estimator_output_is_raw_difference(discrete):
+    torch.manual_seed(9)
+    x = torch.randn(10, 3)
+    y = torch.randint(0, 3, (10,)) if discrete else torch.randn(10, 2)
+    estimator = KNIFEEstimator(
+        3, num_classes=3 if discrete else None, cond_dim=None if discrete else 2
+    ).double()
+    estimator.init_from_samples(x, y)
+    out = estimator(x, y)
+    torch.testing.assert_close(out.mutual_information, out.marginal_entropy - out.conditional_entropy)
+    torch.testing.assert_close(out.loss, out.marginal_entropy + out.conditional_entropy)
+    torch.testing.assert_close(out.marginal_entropy, estimator.marginal(x))
+
+
+@pytest.mark.parametrize("cls,args", [(MarginalKernel, (4,)), (DiscreteConditionalKernel, (4, 3))])
+@pytest.mark.parametrize("cov", COVARIANCE_TYPES)
+def test_save_load_round_trip_is_exact(tmp_path, cls, args, cov):
+    torch.manual_seed(10)
+    module = randomise(cls(*args, num_components=3, covariance=cov, rank=2, bandwidth_bounds=(0.01, 100.0)))
+    module.save_pretrained(tmp_path)
+    loaded = cls.from_pretrained(tmp_path)
+    for (name, a), (_, b) in zip(module.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    x = torch.randn(5, 4, dtype=torch.float32)
+    call = (
+        (lambda m: m.log_prob(x))
+        if cls is MarginalKernel
+        else (lambda m: m.log_prob(x, torch.tensor([0, 1, 2, 0, 1])))
+    )
+    assert torch.equal(call(module), call(loaded))
+
+
+def test_knife_estimator_round_trip(tmp_path):
+    torch.manual_seed(11)
+    estimator = randomise(
+        KNIFEEstimator(3, cond_dim=2, num_components=4, covariance="full", hidden_dims=(8,))
+    )
+    estimator.save_pretrained(tmp_path)
+    loaded = KNIFEEstimator.from_pretrained(tmp_path)
+    x, y = torch.randn(6, 3, dtype=torch.float32), torch.randn(6, 2, dtype=torch.float32)
+    assert torch.equal(estimator(x, y).loss, loaded(x, y).loss)
+
+
+def test_runs_in_fp32_under_bf16_autocast():
+    kernel = MarginalKernel(4, 3).float()
+    x = torch.randn(5, 4, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = kernel.log_prob(x)
+    assert value.dtype == torch.float32
+
+
+def test_bandwidth_bounds_clamp():
+    kernel = MarginalKernel(2, 1, bandwidth_bounds=(0.5, 2.0)).double()
+    with torch.no_grad():
+        kernel.log_diag.fill_(10.0)  # bandwidth e^-10, below the bound
+        kernel.loc.zero_()
+    x = torch.zeros(1, 2)
+    expected = MultivariateNormal(torch.zeros(2), 0.25 * torch.eye(2)).log_prob(x)
+    torch.testing.assert_close(kernel.log_prob(x), expected)
