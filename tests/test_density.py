@@ -9,7 +9,14 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 from hf_knife import ConditionalKernel, DiscreteConditionalKernel, KNIFEEstimator, MarginalKernel
 from hf_knife.estimators import COVARIANCE_TYPES, component_log_prob, mixture_log_prob
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """These tests compare in float64; restore the default dtype afterwards (it is process-global)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def precision_matrices(

@@ -3,9 +3,15 @@
 from .baselines import DoEEstimator, SchraudolphKernel, knn_entropy, ksg_mutual_information
 from .conditional import ConditionalKernel
 from .discrete import DiscreteConditionalKernel
-from .functional import COVARIANCE_TYPES, component_log_prob, discrete_mixture_log_prob, mixture_log_prob
+from .functional import (
+    COVARIANCE_TYPES,
+    class_mixture_log_probs,
+    component_log_prob,
+    discrete_mixture_log_prob,
+    mixture_log_prob,
+)
 from .marginal import MarginalKernel
-from .mutual_information import KNIFEEstimator, KNIFEOutput
+from .mutual_information import KNIFEEstimator, KNIFEOutput, MixtureMIEstimator
 
 __all__ = [
     "COVARIANCE_TYPES",
@@ -15,7 +21,9 @@ __all__ = [
     "KNIFEEstimator",
     "KNIFEOutput",
     "MarginalKernel",
+    "MixtureMIEstimator",
     "SchraudolphKernel",
+    "class_mixture_log_probs",
     "component_log_prob",
     "discrete_mixture_log_prob",
     "knn_entropy",

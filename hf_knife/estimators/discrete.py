@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import KernelBase
-from .functional import discrete_mixture_log_prob
+from .functional import class_mixture_log_probs, discrete_mixture_log_prob
 from .validation import check_labels
 
 __all__ = ["DiscreteConditionalKernel"]
@@ -61,6 +61,20 @@ class DiscreteConditionalKernel(KernelBase):
             return discrete_mixture_log_prob(
                 x,
                 labels,
+                self.loc,
+                self._bounded_log_diag(self.log_diag),
+                self.mixture_logits,
+                tril=self.tril,
+                factor=self.factor,
+                chunk_size=self.chunk_size,
+            )
+
+    def log_prob_per_class(self, x: Tensor) -> Tensor:
+        """``log q(x | s = c)`` for every class: ``x [B, d] -> [B, C]``."""
+        self._check_x(x)
+        with self._fp32(x) as x:
+            return class_mixture_log_probs(
+                x,
                 self.loc,
                 self._bounded_log_diag(self.log_diag),
                 self.mixture_logits,

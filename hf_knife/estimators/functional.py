@@ -35,6 +35,7 @@ __all__ = [
     "precision_factor",
     "low_rank_log_det",
     "discrete_mixture_log_prob",
+    "class_mixture_log_probs",
 ]
 
 COVARIANCE_TYPES = ("shared_diagonal", "diagonal", "full", "low_rank")
@@ -226,6 +227,22 @@ def mixture_log_prob(
     return _chunked(_mixture_log_prob, x, (), (loc, log_diag, mixture_logits, tril, factor), chunk_size)
 
 
+def _class_components(
+    x: Tensor, loc: Tensor, log_diag: Tensor, tril: Tensor | None, factor: Tensor | None
+) -> Tensor:
+    """Component log-densities of every class's mixture at every sample, in one GEMM: ``[B, C, K]``."""
+    num_classes, num_components, d = loc.shape
+    flat = num_classes * num_components
+    log_diag = log_diag.expand(num_classes, num_components, d).reshape(flat, d)  # [C*K, d]
+    return component_log_prob(
+        x,
+        loc.reshape(flat, d),  # [C*K, d]
+        log_diag,
+        tril=None if tril is None else tril.reshape(flat, d, d),  # [C*K, d, d]
+        factor=None if factor is None else factor.reshape(flat, d, -1),  # [C*K, d, r]
+    ).view(-1, num_classes, num_components)  # [B, C, K]
+
+
 def _discrete_mixture_log_prob(
     x: Tensor,
     labels: Tensor,
@@ -235,20 +252,40 @@ def _discrete_mixture_log_prob(
     tril: Tensor | None,
     factor: Tensor | None,
 ) -> Tensor:
-    num_classes, num_components, d = loc.shape
-    flat = num_classes * num_components
-    log_diag = log_diag.expand(num_classes, num_components, d).reshape(flat, d)  # [C*K, d]
-    components = component_log_prob(
-        x,
-        loc.reshape(flat, d),  # [C*K, d]
-        log_diag,
-        tril=None if tril is None else tril.reshape(flat, d, d),  # [C*K, d, d]
-        factor=None if factor is None else factor.reshape(flat, d, -1),  # [C*K, d, r]
-    ).view(-1, num_classes, num_components)  # [B, C, K]
-    index = labels.view(-1, 1, 1).expand(-1, 1, num_components)  # [B, 1, K]
+    components = _class_components(x, loc, log_diag, tril, factor)  # [B, C, K]
+    index = labels.view(-1, 1, 1).expand(-1, 1, loc.shape[1])  # [B, 1, K]
     components = components.gather(1, index).squeeze(1)  # [B, K]  components of each sample's own class
     log_weights = torch.log_softmax(mixture_logits, dim=-1)[labels]  # [B, K]
     return torch.logsumexp(log_weights + components, dim=-1)  # [B]
+
+
+def _class_mixture_log_probs(
+    x: Tensor,
+    loc: Tensor,
+    log_diag: Tensor,
+    mixture_logits: Tensor,
+    tril: Tensor | None,
+    factor: Tensor | None,
+) -> Tensor:
+    components = _class_components(x, loc, log_diag, tril, factor)  # [B, C, K]
+    return torch.logsumexp(torch.log_softmax(mixture_logits, dim=-1) + components, dim=-1)  # [B, C]
+
+
+def class_mixture_log_probs(
+    x: Tensor,
+    loc: Tensor,
+    log_diag: Tensor,
+    mixture_logits: Tensor,
+    *,
+    tril: Tensor | None = None,
+    factor: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """``log q(x_b | s = c)`` for every sample and every class: ``[B, C]`` (parameters as in
+    :func:`discrete_mixture_log_prob`)."""
+    return _chunked(
+        _class_mixture_log_probs, x, (), (loc, log_diag, mixture_logits, tril, factor), chunk_size
+    )
 
 
 def discrete_mixture_log_prob(

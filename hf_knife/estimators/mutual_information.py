@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,7 @@ from .conditional import ConditionalKernel
 from .discrete import DiscreteConditionalKernel
 from .marginal import MarginalKernel
 
-__all__ = ["KNIFEEstimator", "KNIFEOutput"]
+__all__ = ["KNIFEEstimator", "KNIFEOutput", "MixtureMIEstimator"]
 
 
 @dataclass
@@ -97,4 +98,49 @@ class KNIFEEstimator(
         """Initialise both kernels from samples (means at samples, Scott bandwidths); returns self."""
         self.marginal.init_from_samples(x)
         self.conditional.init_from_samples(x, y)
+        return self
+
+
+class MixtureMIEstimator(nn.Module):
+    """I(X; S) for a discrete S with one KNIFE mixture per class and the marginal ``q(x) = sum_s p(s) q(x | s)``.
+
+    ``p(s)`` is a buffer (smoothed class frequencies of the initialisation samples). The estimate
+    ``mean_n [log q(x_n | s_n) - log q(x_n)] = mean_n log q(s_n | x_n) / p(s_n)`` is at most ``H(S)``, and both
+    entropies share the same kernels, so its variance is far lower than that of two separate entropy estimates.
+    Same interface as :class:`KNIFEEstimator` (``conditional``, ``pointwise``, ``forward``, ``init_from_samples``);
+    the fitting loss is ``h_hat(X) + h_hat(X | S)``.
+    """
+
+    def __init__(self, dim: int, num_classes: int, **options) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conditional = DiscreteConditionalKernel(dim, num_classes, **options)
+        self.register_buffer("log_prior", torch.full((num_classes,), -math.log(num_classes)))
+
+    def all_log_probs(self, x: Tensor) -> Tensor:
+        """``log q(x | s)`` for every class: ``[B, d] -> [B, C]`` (one GEMM for all classes)."""
+        return self.conditional.log_prob_per_class(x)
+
+    def marginal_log_prob(self, x: Tensor) -> Tensor:
+        """``log q(x) = logsumexp_s(log p(s) + log q(x | s))``: ``[B]``."""
+        return torch.logsumexp(self.all_log_probs(x) + self.log_prior.to(x.dtype), dim=1)
+
+    def pointwise(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample ``(-log q(x), -log q(x | s))``, each ``[B]``."""
+        all_log_probs = self.all_log_probs(x)  # [B, C]
+        marginal = torch.logsumexp(all_log_probs + self.log_prior.to(all_log_probs.dtype), dim=1)  # [B]
+        conditional = all_log_probs.gather(1, labels.long().unsqueeze(1)).squeeze(1)  # [B]
+        return -marginal, -conditional
+
+    def forward(self, x: Tensor, labels: Tensor) -> KNIFEOutput:
+        marginal_nll, conditional_nll = self.pointwise(x, labels)
+        h, h_conditional = marginal_nll.mean(), conditional_nll.mean()
+        return KNIFEOutput(h - h_conditional, h, h_conditional, h + h_conditional)
+
+    @torch.no_grad()
+    def init_from_samples(self, x: Tensor, labels: Tensor) -> MixtureMIEstimator:
+        """Class priors from (add-one smoothed) frequencies; each class kernel from its samples."""
+        counts = torch.bincount(labels.long(), minlength=self.num_classes).double() + 1.0  # [C]
+        self.log_prior.copy_((counts / counts.sum()).log().to(self.log_prior.dtype))
+        self.conditional.init_from_samples(x, labels)
         return self

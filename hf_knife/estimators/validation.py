@@ -97,13 +97,13 @@ def check_full_covariance_fits(
         try:
             import os
 
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
             return
     if needed > 0.5 * available:
         raise ValueError(
             f"covariance='full' with dim={dim} and num_components={num_components} needs about "
             f"{needed / 2**30:.1f} GiB for its [K, d, d] factors (with gradients and optimizer state), more than "
-            f"half of the {available / 2**30:.1f} GiB available on {device}; use covariance='low_rank' or "
+            f"half of the {available / 2**30:.1f} GiB of memory on {device}; use covariance='low_rank' or "
             f"'diagonal', or fewer components"
         )

@@ -1,0 +1,318 @@
+"""KNIFEConfig: the penalty and estimator settings, saved as ``knife_config.json`` beside the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, TypeVar
+
+from .estimators.functional import COVARIANCE_TYPES
+
+__all__ = [
+    "KNIFE_CONFIG_NAME",
+    "KNIFEConfig",
+    "PENALTY_REGISTRY",
+    "REPRESENTATION_REGISTRY",
+    "Registry",
+]
+
+KNIFE_CONFIG_NAME = "knife_config.json"
+SENSITIVE_TYPES = ("discrete", "continuous")
+ENTROPY_DIRECTIONS = ("lower", "raise")
+IB_ESTIMATORS = ("knife", "vib")
+DISCRETE_MARGINALS = ("mixture", "kernel")
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> object table that validates look-ups (PEFT-style; never ``eval`` a user string)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@REGISTRY.register("name")``; refuses to overwrite an existing name."""
+
+        def decorator(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = obj
+            return obj
+
+        return decorator
+
+    def names(self) -> tuple[str, ...]:
+        _load_builtins()
+        return tuple(self._entries)
+
+    def check(self, name: str) -> str:
+        """Return ``name`` if registered, else raise a ValueError listing the valid names."""
+        valid = self.names()
+        if name not in valid:
+            raise ValueError(f"unknown {self.kind} {name!r}; expected one of {', '.join(map(repr, valid))}")
+        return name
+
+    def get(self, name: str) -> T:
+        return self._entries[self.check(name)]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+PENALTY_REGISTRY: Registry[type] = Registry("penalty")
+REPRESENTATION_REGISTRY: Registry[Callable] = Registry("representation")
+
+
+def _load_builtins() -> None:
+    """Import the modules that register the built-in penalties and representations."""
+    from . import penalties, pooling  # noqa: F401
+
+
+def _check_choice(value: Any, name: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, valid))}")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class KNIFEConfig:
+    """Settings of a KNIFE penalty on a model's hidden representation Z.
+
+    Example: ``KNIFEConfig(penalty="mutual_information", weight=1.0, sensitive_column="gender")`` minimises
+    ``I(Z; gender)`` where Z is the [CLS] hidden state of the last layer.
+
+    The total loss is ``task_loss + w(step) * penalty`` where ``w(step)`` is 0 for the first ``warmup_steps``
+    (the estimator still fits), then rises linearly to ``weight`` over ``anneal_steps``.
+    """
+
+    penalty: str = field(
+        default="mutual_information",
+        metadata=_help("penalty kind: 'mutual_information' (minimise I(Z;S)), 'entropy' (raise or lower h(Z)), "
+                       "'information_bottleneck' (minimise I(X;Z) through a stochastic Gaussian head), "
+                       "'adversarial' (gradient-reversal adversary predicting S: the baseline)"),
+    )  # fmt: skip
+    weight: float = field(default=1.0, metadata=_help("penalty weight (lambda or beta), >= 0"))
+    representation: str = field(
+        default="cls",
+        metadata=_help("what Z is: 'cls' (first token), 'mean' (mean over the attention mask), 'pooler' (the "
+                       "model's pooler output) or 'module' (the output of `module_name`)"),
+    )  # fmt: skip
+    module_name: str | None = field(
+        default=None,
+        metadata=_help("submodule whose output is used: required for representation='module'; for 'cls'/'mean' "
+                       "it replaces the last layer as the source of token states"),
+    )  # fmt: skip
+    layer: int | None = field(
+        default=None,
+        metadata=_help(
+            "for 'cls'/'mean': hidden-states index (0 = embeddings, i = output of layer i, -1 = last)"
+        ),
+    )
+    sensitive_column: str | None = field(
+        default=None, metadata=_help("dataset column holding the sensitive variable S (mutual_information)")
+    )
+    sensitive_type: str = field(
+        default="discrete", metadata=_help("'discrete' (class ids) or 'continuous' S")
+    )
+    num_sensitive_classes: int | None = field(
+        default=None,
+        metadata=_help("number of classes of a discrete S (KNIFETrainer infers it from the data)"),
+    )
+    sensitive_dim: int = field(default=1, metadata=_help("dimension of a continuous S"))
+    num_components: int = field(default=16, metadata=_help("mixture components K of each KNIFE kernel"))
+    covariance: str = field(
+        default="diagonal", metadata=_help("kernel covariance: " + ", ".join(COVARIANCE_TYPES))
+    )
+    rank: int | None = field(default=None, metadata=_help("rank of the 'low_rank' covariance term"))
+    hidden_dims: list[int] = field(
+        default_factory=lambda: [128, 128], metadata=_help("MLP widths of the continuous conditional kernel")
+    )
+    bandwidth_bounds: list[float] | None = field(
+        default=None, metadata=_help("optional [min, max] clamp of the kernel bandwidths")
+    )
+    projection_dim: int | None = field(
+        default=None,
+        metadata=_help(
+            "project Z to this dimension with a fixed random orthonormal map before the estimator"
+        ),
+    )
+    estimator_lr: float = field(default=1e-2, metadata=_help("learning rate of the estimator parameters"))
+    inner_steps: int = field(
+        default=10,
+        metadata=_help("extra estimator fitting steps (Adam) on the detached features of each optimizer step, so the "
+                       "estimator keeps up with the model; 0 turns them off"),
+    )  # fmt: skip
+    warmup_steps: int = field(
+        default=0, metadata=_help("optimizer steps that fit the estimator before the penalty starts")
+    )
+    anneal_steps: int = field(
+        default=0, metadata=_help("after warm-up, raise the weight linearly over this many steps")
+    )
+    discrete_marginal: str = field(
+        default="mixture",
+        metadata=_help("discrete S: 'mixture' estimates h(Z) with the mixture of the class kernels weighted by the "
+                       "class frequencies (I(Z;S) <= H(S), low variance); 'kernel' fits a separate marginal KNIFE"),
+    )  # fmt: skip
+    mi_gradient: str = field(
+        default="mutual_information",
+        metadata=_help("discrete S with discrete_marginal='mixture': the features follow the gradient of the KNIFE "
+                       "'mutual_information' (default), or of 'confusion' = KL(p(S) || q(S|z)), which does not "
+                       "vanish when S is perfectly readable"),
+    )  # fmt: skip
+    positive_part: bool = field(
+        default=True,
+        metadata=_help("mutual_information: penalise mean_n max(0, pointwise MI) instead of its mean, so the model "
+                       "gains nothing by pushing estimates below zero while the estimator lags (the logged I(Z;S) "
+                       "stays the raw difference)"),
+    )  # fmt: skip
+    standardize: bool = field(
+        default=True,
+        metadata=_help("estimate on Z standardised by running per-dimension statistics (updated once per optimizer "
+                       "step), so the estimator follows features whose scale changes during training"),
+    )  # fmt: skip
+    init_from_data: bool = field(
+        default=True,
+        metadata=_help("initialise the estimator at samples of Z before training (means at samples)"),
+    )
+    init_num_samples: int = field(
+        default=256, metadata=_help("number of training examples used to initialise")
+    )
+    entropy_direction: str = field(
+        default="lower", metadata=_help("entropy penalty: 'lower' or 'raise' h(Z)")
+    )
+    ib_estimator: str = field(
+        default="knife",
+        metadata=_help("information_bottleneck: 'knife' (h_KNIFE(Z) - h(Z|X)) or 'vib' (KL to N(0,I))"),
+    )
+    ib_init_sigma: float = field(
+        default=0.1, metadata=_help("initial noise scale of the stochastic Gaussian head")
+    )
+    gather_features: bool = field(
+        default=False,
+        metadata=_help("all-gather Z and S across processes (with gradient) before the penalty"),
+    )
+    check_finite: bool = field(
+        default=True, metadata=_help("raise on NaN/Inf features (one device sync per step)")
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> KNIFEConfig:
+        """Raise a ValueError naming the bad field and the valid values; returns self."""
+        PENALTY_REGISTRY.check(self.penalty)
+        REPRESENTATION_REGISTRY.check(self.representation)
+        _check_choice(self.covariance, "covariance", COVARIANCE_TYPES)
+        _check_choice(self.sensitive_type, "sensitive_type", SENSITIVE_TYPES)
+        _check_choice(self.entropy_direction, "entropy_direction", ENTROPY_DIRECTIONS)
+        _check_choice(self.ib_estimator, "ib_estimator", IB_ESTIMATORS)
+        _check_choice(self.discrete_marginal, "discrete_marginal", DISCRETE_MARGINALS)
+        _check_choice(self.mi_gradient, "mi_gradient", ("mutual_information", "confusion"))
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)):
+            raise ValueError(f"weight must be a number >= 0, got {self.weight!r}")
+        if math.isnan(self.weight) or math.isinf(self.weight) or self.weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {self.weight}")
+        for name in ("num_components", "sensitive_dim", "init_num_samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("inner_steps", "warmup_steps", "anneal_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.estimator_lr > 0 and math.isfinite(self.estimator_lr)):
+            raise ValueError(f"estimator_lr must be a finite number > 0, got {self.estimator_lr}")
+        if not (self.ib_init_sigma > 0 and math.isfinite(self.ib_init_sigma)):
+            raise ValueError(f"ib_init_sigma must be > 0, got {self.ib_init_sigma}")
+        if self.projection_dim is not None and self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be a positive integer or None, got {self.projection_dim}")
+        if self.num_sensitive_classes is not None and self.num_sensitive_classes < 2:
+            raise ValueError(f"num_sensitive_classes must be >= 2, got {self.num_sensitive_classes}")
+        if self.bandwidth_bounds is not None:
+            bounds = list(self.bandwidth_bounds)
+            if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
+                raise ValueError(
+                    f"bandwidth_bounds must be [min, max] with 0 < min < max, got {self.bandwidth_bounds}"
+                )
+            self.bandwidth_bounds = [float(b) for b in bounds]
+        self.hidden_dims = [int(h) for h in self.hidden_dims]
+        if self.representation == "module" and not self.module_name:
+            raise ValueError(
+                "representation='module' needs module_name (e.g. 'bert.pooler' or 'pre_classifier')"
+            )
+        if self.representation in ("pooler", "module") and self.layer is not None:
+            raise ValueError(
+                f"layer applies to representation 'cls' or 'mean' only, not {self.representation!r}"
+            )
+        if self.module_name and self.layer is not None:
+            raise ValueError("pass either module_name or layer, not both")
+        if self.penalty == "information_bottleneck":
+            if self.representation == "mean":
+                raise ValueError(
+                    "information_bottleneck needs a representation the classifier reads directly: use 'cls', "
+                    "'pooler' or 'module', not 'mean'"
+                )
+            if self.projection_dim is not None:
+                raise ValueError(
+                    "information_bottleneck does not support projection_dim (h(Z|X) is closed-form in Z)"
+                )
+        return self
+
+    @property
+    def needs_sensitive(self) -> bool:
+        """True when the penalty reads the sensitive column."""
+        return self.penalty in ("mutual_information", "adversarial")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> KNIFEConfig:
+        """Build from a dict; unknown keys (from a newer version) are ignored with a warning."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known - {"hf_knife_version"})
+        if unknown:
+            warnings.warn(f"KNIFEConfig: ignoring unknown keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write ``knife_config.json`` into ``save_directory``; returns the file path."""
+        from . import __version__
+
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, KNIFE_CONFIG_NAME)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({**self.to_dict(), "hf_knife_version": __version__}, f, indent=2, sort_keys=True)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> KNIFEConfig:
+        """Load from a folder, a ``knife_config.json`` file, or a Hub repo id (kwargs go to ``hf_hub_download``)."""
+        path = str(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, KNIFE_CONFIG_NAME)
+        if not os.path.isfile(path):
+            if os.path.sep in path and not path.count("/") == 1:
+                raise FileNotFoundError(f"no {KNIFE_CONFIG_NAME} at {path}")
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(path, KNIFE_CONFIG_NAME, **kwargs)
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))

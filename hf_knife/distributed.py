@@ -1,0 +1,64 @@
+"""Cross-process helpers: an all-gather that carries gradient, and parameter broadcast."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["all_gather_with_grad", "broadcast_module", "is_distributed"]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_sizes(n: int, device: torch.device) -> list[int]:
+    size = torch.tensor([n], device=device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s) for s in sizes]
+
+
+class _AllGather(torch.autograd.Function):
+    """Forward: concatenate every process's ``[B_r, ...]`` rows. Backward: sum over processes, own rows."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        sizes = _gather_sizes(x.shape[0], x.device)
+        ctx.sizes, ctx.rank = sizes, dist.get_rank()
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])  # [sum B_r, ...]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # every process holds the gradient of its own copy of the global loss
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]]
+
+
+def all_gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x [B_r, ...]`` from all processes in rank order (identity with one process).
+
+    Gradient: each process computes the same global loss, so the backward pass sums the incoming gradients
+    over processes and keeps this process's rows; DDP's gradient average then equals the single-process gradient.
+    Batches may differ in size across processes.
+    """
+    if not is_distributed():
+        return x
+    if not x.requires_grad:
+        return _AllGather.apply(x).detach()
+    return _AllGather.apply(x)
+
+
+@torch.no_grad()
+def broadcast_module(module: nn.Module, src: int = 0) -> None:
+    """Copy parameters and buffers of ``module`` from process ``src`` to all others (no-op without DDP)."""
+    if not is_distributed():
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src)

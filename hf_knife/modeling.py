@@ -1,0 +1,282 @@
+"""Model mixins: a KNIFE penalty as a submodule of any ``AutoModelFor*``, computed inside ``forward``.
+
+Computing the penalty inside the model's forward keeps one forward and one backward per step, so gradient
+accumulation, bf16 autocast, checkpoints and DDP (with Trainer's default flags) all work unchanged.
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = add_knife(model, KNIFEConfig(penalty="mutual_information", num_sensitive_classes=2))
+    out = model(input_ids=..., attention_mask=..., labels=y, sensitive=s)   # out.loss = task + lam * I_hat
+    model.save_pretrained(folder)        # weights (estimator included), config.json, knife_config.json
+    AutoKNIFEModelForSequenceClassification.from_pretrained(folder)          # back with its estimator
+    AutoModelForSequenceClassification.from_pretrained(folder)               # or as the plain model
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .config import KNIFE_CONFIG_NAME, KNIFEConfig
+from .penalties import GaussianHead, KNIFEPenalty, build_penalty
+from .pooling import FeatureCapture, feature_dim, resolve_source
+
+__all__ = [
+    "KNIFE_OUTPUT_FIELDS",
+    "AutoKNIFEModelForSequenceClassification",
+    "KNIFEModelMixin",
+    "add_knife",
+    "get_knife_module",
+    "knife_model_class",
+]
+
+#: Scalar fields added to the model output (``None`` when the penalty did not run).
+KNIFE_OUTPUT_FIELDS = (
+    "knife_loss",
+    "knife_mutual_information",
+    "knife_marginal_entropy",
+    "knife_conditional_entropy",
+    "knife_estimator_nll",
+    "knife_vib_kl",
+    "knife_adversary_loss",
+    "knife_adversary_accuracy",
+    "knife_weight",
+)
+KNIFE_TAGS = ["knife", "hf_knife"]
+
+
+def _unwrap_modules_to_save(module: nn.Module) -> nn.Module:
+    """The active copy of a PEFT ``ModulesToSaveWrapper`` (the module itself otherwise)."""
+    copies = getattr(module, "modules_to_save", None)
+    if isinstance(copies, nn.ModuleDict) and hasattr(module, "original_module"):
+        active = [name for name in getattr(module, "active_adapters", []) if name in copies]
+        if getattr(module, "disable_adapters", False) or not active:
+            return module.original_module
+        return copies[active[0]]
+    return module
+
+
+def get_knife_module(model: nn.Module) -> KNIFEPenalty | None:
+    """The penalty module of a KNIFE model, through DDP / PEFT wrappers; None for a plain model."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP and friends
+        model = model.module
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    knife = getattr(model, "knife", None)
+    return _unwrap_modules_to_save(knife) if isinstance(knife, nn.Module) else None
+
+
+class KNIFEModelMixin:
+    """Mixed in before a ``PreTrainedModel`` subclass by :func:`knife_model_class`.
+
+    Adds the ``knife`` submodule (a :class:`~hf_knife.penalties.KNIFEPenalty`), the ``sensitive=`` keyword of
+    ``forward`` (``[B]`` class ids or ``[B, c]`` floats), the ``knife_*`` output fields, estimator initialisation
+    in ``_init_weights``, and ``knife_config.json`` in ``save_pretrained``.
+    """
+
+    knife: nn.Module
+    config: Any
+
+    def _knife_attach(self, knife_config: KNIFEConfig) -> None:
+        knife_config.validate()
+        self.config.knife = knife_config.to_dict()
+        _, description = resolve_source(self, knife_config)
+        dim = feature_dim(self, knife_config)
+        self.knife = build_penalty(knife_config, dim, source=f"{description} of {type(self).__name__}")
+        self.add_model_tags(KNIFE_TAGS + [knife_config.penalty.replace("_", "-")])
+
+    @property
+    def knife_module(self) -> KNIFEPenalty:
+        return _unwrap_modules_to_save(self.knife)
+
+    @property
+    def knife_config(self) -> KNIFEConfig:
+        return self.knife_module.config
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)  # type: ignore[misc]
+        if isinstance(module, (KNIFEPenalty, GaussianHead)):  # after its children: undo generic Linear init
+            module.reset_parameters()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        result = super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
+        if kwargs.get("is_main_process", True):
+            self.knife_config.save_pretrained(save_directory)
+        return result
+
+    @torch.no_grad()
+    def knife_features(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Run the model and return the raw representation ``[B, hidden]`` (no penalty, no stochastic head)."""
+        knife = self.knife_module
+        module, _ = resolve_source(self, knife.config)
+        kwargs.pop("sensitive", None)
+        capture = FeatureCapture(
+            module, knife.config.representation, self._knife_attention_mask(args, kwargs)
+        )
+        with capture:
+            self._knife_parent_forward(*args, **kwargs)
+        return capture.features
+
+    def _knife_attention_mask(self, args: tuple, kwargs: dict) -> Tensor | None:
+        if "attention_mask" in kwargs:
+            return kwargs["attention_mask"]
+        names = list(inspect.signature(self._knife_parent_forward).parameters)
+        if "attention_mask" in names and names.index("attention_mask") < len(args):
+            return args[names.index("attention_mask")]
+        return None
+
+    def _knife_forward(self, args: tuple, kwargs: dict, sensitive: Tensor | None) -> Any:
+        knife = self.knife_module
+        module, _ = resolve_source(self, knife.config)
+        transform = getattr(knife, "transform", None)
+        capture = FeatureCapture(
+            module, knife.config.representation, self._knife_attention_mask(args, kwargs), transform
+        )
+        with capture:
+            outputs = self._knife_parent_forward(*args, **kwargs)
+        if capture.features is None:
+            raise RuntimeError(
+                f"the representation source ({knife.source}) was not called during the forward pass"
+            )
+        if sensitive is None and knife.config.needs_sensitive and not self.training:
+            return outputs  # inference without S: no penalty
+        penalty = self.knife(capture.features, sensitive)
+        values = {f"knife_{k}": v for k, v in penalty.metrics.items() if f"knife_{k}" in KNIFE_OUTPUT_FIELDS}
+        values["knife_loss"] = penalty.loss.detach()
+        if isinstance(outputs, ModelOutput):
+            loss = outputs.get("loss")
+            loss = penalty.loss if loss is None and self.training else loss
+            if loss is not None and outputs.get("loss") is not None:
+                loss = outputs["loss"] + penalty.loss
+            output_cls = _knife_output_class(type(outputs))
+            return output_cls(**{**outputs, "loss": loss, **values})
+        if kwargs.get("labels") is not None:  # tuple output: (loss, logits, ...)
+            return (outputs[0] + penalty.loss, *outputs[1:])
+        return outputs
+
+
+@functools.cache
+def _knife_output_class(base: type) -> type:
+    """``base`` (a ModelOutput dataclass) plus the ``knife_*`` fields, all defaulting to None."""
+    fields = [(name, Tensor | None, dataclasses.field(default=None)) for name in KNIFE_OUTPUT_FIELDS]
+    return dataclasses.make_dataclass(
+        f"KNIFE{base.__name__}", fields, bases=(base,), namespace={"__module__": __name__}
+    )
+
+
+def _make_forward(parent: Any) -> Any:
+    @functools.wraps(parent)
+    def forward(self: KNIFEModelMixin, *args: Any, sensitive: Tensor | None = None, **kwargs: Any) -> Any:
+        return self._knife_forward(args, kwargs, sensitive)
+
+    signature = inspect.signature(parent)
+    params = list(signature.parameters.values())
+    new = inspect.Parameter(
+        "sensitive", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Tensor | None"
+    )
+    index = next((i for i, p in enumerate(params) if p.kind == inspect.Parameter.VAR_KEYWORD), len(params))
+    params.insert(index, new)
+    forward.__signature__ = signature.replace(
+        parameters=params
+    )  # keeps Trainer's column and label inspection
+    forward.__doc__ = (
+        parent.__doc__ or ""
+    ) + "\n\nsensitive: the sensitive variable S for the KNIFE penalty."
+    return forward
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def knife_model_class(base_cls: type[PreTrainedModel]) -> type:
+    """The KNIFE subclass of a model class, e.g. ``KNIFEBertForSequenceClassification`` (cached).
+
+    Its ``__init__(config, knife_config=None)`` reads ``config.knife`` when ``knife_config`` is not given.
+    """
+    if issubclass(base_cls, KNIFEModelMixin):
+        return base_cls
+    if base_cls in _CLASSES:
+        return _CLASSES[base_cls]
+
+    def __init__(
+        self, config: Any, *args: Any, knife_config: KNIFEConfig | None = None, **kwargs: Any
+    ) -> None:
+        base_cls.__init__(self, config, *args, **kwargs)
+        if knife_config is None:
+            if not getattr(config, "knife", None):
+                raise ValueError(
+                    f"{type(self).__name__} needs knife_config= or a config with a 'knife' entry"
+                )
+            knife_config = KNIFEConfig.from_dict(config.knife)
+        self._knife_attach(knife_config)
+
+    strict = set(getattr(base_cls, "_keep_in_fp32_modules_strict", None) or []) | {"knife"}
+    namespace = {
+        "__init__": __init__,
+        "forward": _make_forward(base_cls.forward),
+        "_knife_parent_forward": base_cls.forward,
+        "_keep_in_fp32_modules_strict": sorted(strict),
+        "__module__": __name__,
+        "__doc__": f"{base_cls.__name__} with a KNIFE penalty computed inside forward (see KNIFEModelMixin).",
+    }
+    cls = type(f"KNIFE{base_cls.__name__}", (KNIFEModelMixin, base_cls), namespace)
+    _CLASSES[base_cls] = cls
+    globals()[cls.__name__] = cls  # picklable by name
+    return cls
+
+
+def add_knife(model: PreTrainedModel, knife_config: KNIFEConfig) -> PreTrainedModel:
+    """Turn ``model`` into its KNIFE subclass in place and attach the penalty (on the model's device, fp32).
+
+    Call it before ``peft.get_peft_model`` and pass ``modules_to_save=["knife"]`` to the PEFT config.
+    """
+    if hasattr(model, "get_base_model"):
+        raise TypeError(
+            "add_knife needs the plain model: call it before get_peft_model(..., modules_to_save=['knife'])"
+        )
+    if isinstance(model, KNIFEModelMixin):
+        raise ValueError(f"{type(model).__name__} already has a KNIFE penalty ({model.knife_config.penalty})")
+    model.__class__ = knife_model_class(type(model))
+    model._knife_attach(knife_config)
+    device = next(model.parameters()).device
+    model.knife.to(device=device, dtype=torch.float32)
+    return model
+
+
+class AutoKNIFEModelForSequenceClassification:
+    """``AutoModelForSequenceClassification`` with a KNIFE penalty (any architecture the Auto class knows)."""
+
+    @staticmethod
+    def _class_for(config: Any) -> type:
+        return knife_model_class(AutoModelForSequenceClassification._model_mapping[type(config)])
+
+    @classmethod
+    def from_config(
+        cls, config: Any, knife_config: KNIFEConfig | None = None, **kwargs: Any
+    ) -> PreTrainedModel:
+        """A freshly initialised model; ``knife_config`` overrides ``config.knife``."""
+        return cls._class_for(config)(config, knife_config=knife_config, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, knife_config: KNIFEConfig | None = None, **kwargs: Any
+    ) -> PreTrainedModel:
+        """Load a KNIFE model (estimator included), or a plain checkpoint plus ``knife_config`` (fresh estimator)."""
+        config = kwargs.pop("config", None)
+        if config is None:
+            config, kwargs = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **kwargs)
+        if knife_config is not None:
+            config.knife = knife_config.to_dict()
+        elif not getattr(config, "knife", None):
+            local = os.path.join(str(path), KNIFE_CONFIG_NAME)
+            if not os.path.isfile(local):
+                raise ValueError(f"{path} has no KNIFE configuration: pass knife_config=KNIFEConfig(...)")
+            config.knife = KNIFEConfig.from_pretrained(local).to_dict()
+        return cls._class_for(config).from_pretrained(path, config=config, **kwargs)

@@ -1,0 +1,680 @@
+"""Penalties: features ``Z [B, d]`` (+ sensitive labels) -> a routed loss and named components.
+
+This is the one place penalties live; the model mixins and the trainer only call :func:`build_penalty` and
+``penalty(z, sensitive)``. Gradient routing (DESIGN.md §2) happens here: with ``gs = scale_gradient`` and
+the current weight ``lam``,
+
+    loss_est = -mean log q(gs(z, +lam)) - mean log q(gs(z, -lam) | s)
+
+gives the estimator parameters the maximum-likelihood fitting gradient and ``z`` the gradient of
+``lam * I_hat(Z; S)``. The returned loss has the *value* ``lam * I_hat`` (so the logged loss stays
+``task + lam * I_hat``) and the gradient of ``loss_est``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+from transformers import initialization as hf_init
+
+from .config import PENALTY_REGISTRY, KNIFEConfig
+from .distributed import all_gather_with_grad, broadcast_module, is_distributed
+from .estimators import (
+    ConditionalKernel,
+    KNIFEEstimator,
+    MarginalKernel,
+    MixtureMIEstimator,
+)
+from .estimators.base import KernelBase
+from .estimators.validation import check_labels
+from .ops import scale_gradient
+
+__all__ = [
+    "AdversarialPenalty",
+    "EntropyPenalty",
+    "InformationBottleneckPenalty",
+    "KNIFEPenalty",
+    "MutualInformationPenalty",
+    "PenaltyOutput",
+    "build_penalty",
+]
+
+
+@dataclass
+class PenaltyOutput:
+    """Result of a penalty on one batch.
+
+    Attributes:
+        loss: ``[]``; value ``weight * penalty`` (e.g. ``lam * I_hat``), gradient routed as in DESIGN.md §2
+            (estimator: fitting NLL; features: ``weight * grad penalty``). Add it to the task loss.
+        metrics: detached ``[]`` scalars, logged as ``knife/<name>``.
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _scale_rows(z: Tensor, scale: Tensor) -> Tensor:
+    """Identity forward; the gradient of row ``n`` of ``z [B, d]`` is multiplied by ``scale[n]``."""
+    return z.detach() + (z - z.detach()) * scale.unsqueeze(1)  # [B, d]
+
+
+def _value_with_grad(value: Tensor, *grad_terms: Tensor) -> Tensor:
+    """A scalar whose value is ``value`` and whose gradient is that of ``sum(grad_terms)``."""
+    out = value.detach()
+    for term in grad_terms:
+        out = out + (term - term.detach())
+    return out
+
+
+def _reset_kernel(kernel: KernelBase, init_std: float = 1.0, init_bandwidth: float = 1.0) -> None:
+    """Constructor initialisation of a KNIFE kernel (HF init functions: tensors loaded from a checkpoint are kept)."""
+    hf_init.normal_(kernel.loc, 0.0, init_std)
+    hf_init.constant_(kernel.log_diag, -math.log(init_bandwidth))
+    hf_init.zeros_(kernel.mixture_logits)
+    if kernel.tril is not None:
+        hf_init.zeros_(kernel.tril)
+    if kernel.factor is not None:
+        hf_init.normal_(kernel.factor, 0.0, 0.01 / math.sqrt(kernel.dim))
+    if isinstance(kernel, ConditionalKernel):
+        for module in kernel.trunk.modules():
+            if isinstance(module, nn.Linear):
+                hf_init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                bound = 1.0 / math.sqrt(module.in_features)
+                hf_init.uniform_(module.bias, -bound, bound)
+        for tensor in (kernel.head.weight, kernel.head.bias, kernel.skip.weight):
+            hf_init.zeros_(tensor)
+
+
+class KNIFEPenalty(nn.Module):
+    """Base class: holds the estimator, an optional fixed projection, the weight schedule and the input checks.
+
+    Submodules: ``estimator`` (fitted by maximum likelihood; its own optimizer group), ``inner_state`` (Adam
+    moments of the inner fitting steps) and, for the information bottleneck, ``head`` (trained with the model).
+    Buffers: ``projection [hidden, p]`` (fixed random orthonormal map, if ``projection_dim``), ``initialized``
+    (whether the estimator was initialised at data), ``feature_mean [p]`` / ``feature_var [p]`` (running
+    standardisation; entropies are reported in the units of Z).
+
+    Per optimizer step: ``forward`` on each micro-batch (penalty with routed gradients; features stored), then
+    :meth:`end_of_step` (inner fitting steps on the stored features, then the running statistics). Without
+    KNIFETrainer (``global_step`` unset) every training forward counts as one optimizer step.
+    """
+
+    name: ClassVar[str] = ""
+    estimator: nn.Module
+
+    def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
+        super().__init__()
+        self.config, self.hidden_size, self.source = config, hidden_size, source
+        self.dim = config.projection_dim or hidden_size
+        if config.projection_dim is not None:
+            self.register_buffer("projection", torch.empty(hidden_size, config.projection_dim))
+        else:
+            self.projection = None
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # running standardisation (buffers); the sums of the current optimizer step are plain attributes, folded
+        # at the end of the step (not buffers: DDP would overwrite them with rank 0's at every forward)
+        self.register_buffer("feature_mean", torch.zeros(self.dim))
+        self.register_buffer("feature_var", torch.ones(self.dim))
+        self._stats_sums: Tensor | None = None  # [2, dim] float64: sum, sum of squares
+        self._stats_count = 0
+        self.global_step: int | None = None  # set by KNIFETrainer; otherwise counted in training forwards
+        self._forward_count = 0
+        self._inner_batches: list[tuple[Tensor, Tensor | None]] = []
+        self._stats_gathered = False
+        self._known_initialized = False
+
+    # ------------------------------------------------------------------ parameters
+    def kernel_options(self) -> dict:
+        c = self.config
+        bounds = tuple(c.bandwidth_bounds) if c.bandwidth_bounds else None
+        return dict(
+            num_components=c.num_components, covariance=c.covariance, rank=c.rank, bandwidth_bounds=bounds
+        )
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Constructor-time initialisation (also called from the model's ``_init_weights``)."""
+        if self.projection is not None:
+            q, _ = torch.linalg.qr(torch.randn(self.hidden_size, self.hidden_size))  # [d, d]
+            hf_init.copy_(self.projection, q[:, : self.dim].to(self.projection.dtype))
+        hf_init.zeros_(self.initialized)
+        self._known_initialized = False
+        hf_init.zeros_(self.feature_mean)
+        hf_init.ones_(self.feature_var)
+        self._stats_sums, self._stats_count = None, 0
+        self._inner_batches = []
+        for tensor in getattr(self, "inner_state", nn.Module()).buffers():
+            hf_init.zeros_(tensor)
+        for module in self.estimator.modules():
+            if isinstance(module, KernelBase):
+                _reset_kernel(module)
+            elif isinstance(module, MixtureMIEstimator):
+                hf_init.constant_(module.log_prior, -math.log(module.num_classes))
+
+    def estimator_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.estimator.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ schedule and checks
+    @property
+    def step(self) -> int:
+        return self.global_step if self.global_step is not None else self._forward_count
+
+    def current_weight(self, step: int | None = None) -> float:
+        """``0`` during warm-up, then a linear ramp to ``weight`` over ``anneal_steps``."""
+        step = self.step if step is None else step
+        c = self.config
+        if step < c.warmup_steps:
+            return 0.0
+        if c.anneal_steps > 0:
+            return c.weight * min(1.0, (step - c.warmup_steps + 1) / c.anneal_steps)
+        return c.weight
+
+    def check_features(self, z: Tensor) -> Tensor:
+        if z.dim() != 2 or z.shape[1] != self.hidden_size:
+            raise ValueError(
+                f"the representation Z ({self.source}) must have shape [B, {self.hidden_size}], got {tuple(z.shape)}"
+            )
+        if self.config.check_finite:
+            finite = torch.isfinite(z)
+            if not bool(finite.all()):
+                n_nan, n_inf = int(torch.isnan(z).sum()), int(torch.isinf(z).sum())
+                raise FloatingPointError(
+                    f"non-finite values in the representation Z ({self.source}) at step {self.step}: {n_nan} NaN and "
+                    f"{n_inf} Inf of {z.numel()} values (shape {tuple(z.shape)}); the model diverged or its input is bad"
+                )
+        return z
+
+    def prepare(self, z: Tensor) -> Tensor:
+        """Checks, fp32, projection: ``[B, hidden] -> [B, dim]``."""
+        z = self.check_features(z).float()
+        if self.projection is not None:
+            z = z @ self.projection.float()  # [B, p]
+        return z
+
+    def check_sensitive(self, sensitive: Tensor | None, batch: int) -> Tensor | None:
+        return sensitive
+
+    # ------------------------------------------------------------------ running standardisation
+    STATS_MOMENTUM: ClassVar[float] = 0.1
+
+    def standardize(self, z: Tensor, gathered: bool = False) -> Tensor:
+        """``[B, dim] -> [B, dim]``: ``(z - mean) / std`` with the running statistics (tracked in training)."""
+        if not self.config.standardize:
+            return z
+        if self.training:
+            self._track(z.detach(), gathered)
+        return (z - self.feature_mean) * self.feature_var.rsqrt()  # [B, dim]
+
+    def log_scale(self) -> Tensor:
+        """``sum_j log std_j``: entropy in the original units = entropy of the standardised Z + this."""
+        if not self.config.standardize:
+            return self.feature_var.new_zeros(())
+        return 0.5 * self.feature_var.log().sum()
+
+    @torch.no_grad()
+    def _track(self, z: Tensor, gathered: bool) -> None:
+        """Accumulate this micro-batch's feature sums (folded into the statistics by :meth:`fold_statistics`)."""
+        z = z.double()
+        sums = torch.stack([z.sum(0), z.pow(2).sum(0)])  # [2, dim]
+        self._stats_sums = sums if self._stats_sums is None else self._stats_sums + sums
+        self._stats_count += z.shape[0]
+        if self.global_step is None:  # no trainer: every forward is an optimizer step
+            self.fold_statistics()
+
+    @torch.no_grad()
+    def fold_statistics(self) -> None:
+        """Fold the sums of the finished optimizer step into the running mean and variance.
+
+        KNIFETrainer calls it once per optimizer step on every process (sums all-reduced), which makes the
+        statistics independent of gradient accumulation and of the number of processes.
+        """
+        if not self.config.standardize:
+            return
+        device = self.feature_mean.device
+        sums = (
+            self._stats_sums
+            if self._stats_sums is not None
+            else torch.zeros(2, self.dim, dtype=torch.float64)
+        )
+        packed = torch.cat(
+            [
+                sums.flatten().to(device),
+                torch.tensor([float(self._stats_count)], device=device, dtype=torch.float64),
+            ]
+        )
+        if is_distributed() and not self._stats_gathered:
+            torch.distributed.all_reduce(packed)
+        self._stats_sums, self._stats_count = None, 0
+        count = float(packed[-1])
+        if count == 0:
+            return
+        sums = packed[:-1].view(2, self.dim)
+        mean = sums[0] / count  # [dim]
+        var = (sums[1] / count - mean.pow(2)).clamp_min(0.0)  # [dim]
+        m = self.STATS_MOMENTUM
+        self.feature_mean.mul_(1 - m).add_(m * mean.to(self.feature_mean.dtype))
+        self.feature_var.mul_(1 - m).add_(m * var.to(self.feature_var.dtype)).clamp_(min=1e-12)
+
+    @torch.no_grad()
+    def _set_statistics(self, z: Tensor) -> None:
+        if self.config.standardize:
+            self.feature_mean.copy_(z.mean(0))
+            self.feature_var.copy_(
+                z.var(0, unbiased=False).clamp_min(1e-12) if z.shape[0] > 1 else torch.ones_like(z[0])
+            )
+
+    # ------------------------------------------------------------------ fitting
+    def fitting_loss(self, z: Tensor, sensitive: Tensor | None) -> Tensor:
+        """Maximum-likelihood loss of the estimator on (detached) prepared features ``z [B, dim]``."""
+        raise NotImplementedError
+
+    def _init_estimator(self, z: Tensor, sensitive: Tensor | None) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def init_from_samples(self, features: Tensor, sensitive: Tensor | None = None) -> KNIFEPenalty:
+        """Initialise the estimator at samples of raw features ``[N, hidden]`` (means at samples, Scott bandwidths)."""
+        z = self.prepare(features)
+        sensitive = self.check_sensitive(sensitive, z.shape[0])
+        self.init_from_samples_prepared(z, sensitive)
+        return self
+
+    def _make_inner_state(self) -> None:
+        """Adam moments of the inner fitting steps, as buffers so that checkpoints hold them (call after the
+        estimator exists)."""
+        self.inner_state = nn.Module()
+        self.inner_state.register_buffer("step", torch.zeros((), dtype=torch.long))
+        for i, p in enumerate(self.estimator_parameters()):
+            self.inner_state.register_buffer(f"exp_avg_{i}", torch.zeros_like(p))
+            self.inner_state.register_buffer(f"exp_avg_sq_{i}", torch.zeros_like(p))
+
+    def _store_for_inner_fit(self, z: Tensor, sensitive: Tensor | None) -> None:
+        """Keep this micro-batch's detached standardised features for the fitting steps at the end of the step."""
+        if self.config.inner_steps == 0:
+            return
+        self._inner_batches.append((z.detach(), None if sensitive is None else sensitive.detach()))
+        if self.global_step is None:  # no trainer: every forward is an optimizer step
+            self.inner_fit()
+
+    @torch.no_grad()
+    def inner_fit(self) -> None:
+        """``inner_steps`` Adam steps (lr ``estimator_lr``) of the estimator's fitting loss on the features of the
+        optimizer step that just finished; gradients are averaged over processes.
+
+        KNIFETrainer calls it once per optimizer step, so the result does not depend on gradient accumulation
+        or on the number of processes, and the Adam moments (buffers) make resumed runs exact.
+        """
+        batches, self._inner_batches = self._inner_batches, []
+        if not batches or self.config.inner_steps == 0:
+            return
+        z = torch.cat([b[0] for b in batches])  # [N, dim]
+        sensitive = None if batches[0][1] is None else torch.cat([b[1] for b in batches])
+        params = self.estimator_parameters()
+        state = self.inner_state
+        beta1, beta2, eps, lr = 0.9, 0.999, 1e-8, self.config.estimator_lr
+        for _ in range(self.config.inner_steps):
+            with torch.enable_grad():
+                grads = torch.autograd.grad(self.fitting_loss(z, sensitive), params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            if is_distributed() and not self._stats_gathered:
+                flat = torch.cat([g.flatten() for g in grads])
+                torch.distributed.all_reduce(flat)
+                flat /= torch.distributed.get_world_size()
+                grads = list(flat.split([g.numel() for g in grads]))
+            state.step += 1
+            step = state.step.to(torch.float64)  # bias corrections on the device: no host sync
+            correction1, correction2 = 1 - beta1**step, 1 - beta2**step
+            for i, (p, g) in enumerate(zip(params, grads)):
+                g = g.view_as(p)
+                m, v = getattr(state, f"exp_avg_{i}"), getattr(state, f"exp_avg_sq_{i}")
+                m.mul_(beta1).add_(g, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v / correction2.to(v.dtype)).sqrt_().add_(eps)
+                p.sub_(lr * m / correction1.to(m.dtype) / denom)
+
+    def end_of_step(self) -> None:
+        """Called once per optimizer step by KNIFETrainer: inner fitting steps, then the running statistics."""
+        self.inner_fit()
+        self.fold_statistics()
+
+    # ------------------------------------------------------------------ forward
+    def compute(self, z: Tensor, sensitive: Tensor | None, weight: float) -> PenaltyOutput:
+        raise NotImplementedError
+
+    def forward(self, features: Tensor, sensitive: Tensor | None = None) -> PenaltyOutput:
+        """``features [B, hidden]`` (and ``sensitive [B]`` or ``[B, c]``) -> :class:`PenaltyOutput`."""
+        z = self.prepare(features)
+        sensitive = self.check_sensitive(sensitive, z.shape[0])
+        gathered = self._stats_gathered = self.config.gather_features and is_distributed()
+        if gathered:
+            z = all_gather_with_grad(z)  # [sum B_r, dim]
+            sensitive = all_gather_with_grad(sensitive) if sensitive is not None else None
+        if self.training and self.config.init_from_data and not self._known_initialized:
+            self._known_initialized = bool(self.initialized)  # one host sync until it is True
+            if not self._known_initialized:
+                self.init_from_samples_prepared(z.detach(), sensitive)
+        z = self.standardize(z, gathered)
+        if self.training:
+            self._store_for_inner_fit(z, sensitive)
+        weight = self.current_weight()
+        out = self.compute(z, sensitive, weight)
+        out.metrics["weight"] = torch.tensor(weight, device=z.device)
+        if self.training and self.global_step is None:
+            self._forward_count += 1
+        return out
+
+    @torch.no_grad()
+    def init_from_samples_prepared(self, z: Tensor, sensitive: Tensor | None) -> None:
+        """Initialise from prepared (projected, not standardised) features ``[N, dim]``; same on every process."""
+        self._set_statistics(z)
+        z = (z - self.feature_mean) * self.feature_var.rsqrt() if self.config.standardize else z  # [N, dim]
+        self._init_estimator(z, sensitive)
+        self.initialized.fill_(True)
+        self._known_initialized = True
+        broadcast_module(self)
+
+
+@PENALTY_REGISTRY.register("mutual_information")
+class MutualInformationPenalty(KNIFEPenalty):
+    """Minimise ``I(Z; S) = h(Z) - h(Z | S)`` for a discrete (any number of classes) or continuous S."""
+
+    name = "mutual_information"
+
+    def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
+        super().__init__(config, hidden_size, source)
+        if config.sensitive_type == "discrete":
+            if config.num_sensitive_classes is None:
+                raise ValueError(
+                    "mutual_information with a discrete S needs num_sensitive_classes (KNIFETrainer infers it from "
+                    "the sensitive column of the training data)"
+                )
+            if config.discrete_marginal == "mixture":
+                self.estimator = MixtureMIEstimator(
+                    self.dim, config.num_sensitive_classes, **self.kernel_options()
+                )
+            else:
+                self.estimator = KNIFEEstimator(
+                    self.dim, num_classes=config.num_sensitive_classes, **self.kernel_options()
+                )
+        else:
+            self.estimator = KNIFEEstimator(
+                self.dim,
+                cond_dim=config.sensitive_dim,
+                hidden_dims=tuple(config.hidden_dims),
+                **self.kernel_options(),
+            )
+        self._make_inner_state()
+        self.reset_parameters()
+
+    def check_sensitive(self, sensitive: Tensor | None, batch: int) -> Tensor:
+        column = self.config.sensitive_column or "sensitive"
+        if sensitive is None:
+            raise ValueError(
+                f"the mutual_information penalty needs the sensitive variable: pass sensitive=... to the model "
+                f"(KNIFETrainer reads the dataset column {column!r})"
+            )
+        if not isinstance(sensitive, Tensor):
+            sensitive = torch.as_tensor(sensitive)
+        if self.config.sensitive_type == "discrete":
+            return check_labels(
+                sensitive, f"sensitive column {column!r}", self.config.num_sensitive_classes, length=batch
+            )
+        if not torch.is_floating_point(sensitive):
+            sensitive = sensitive.float()
+        y = sensitive.reshape(batch, -1).float()  # [B, c]
+        if y.shape[1] != self.config.sensitive_dim:
+            raise ValueError(
+                f"sensitive column {column!r} has {y.shape[1]} values per example, expected "
+                f"sensitive_dim={self.config.sensitive_dim}"
+            )
+        if not bool(torch.isfinite(y).all()):
+            raise FloatingPointError(f"sensitive column {column!r} holds NaN or Inf at step {self.step}")
+        return y
+
+    def _init_estimator(self, z: Tensor, sensitive: Tensor | None) -> None:
+        self.estimator.init_from_samples(z, sensitive)
+
+    def fitting_loss(self, z: Tensor, sensitive: Tensor | None) -> Tensor:
+        return self.estimator(z, sensitive).loss
+
+    def compute(self, z: Tensor, sensitive: Tensor | None, weight: float) -> PenaltyOutput:
+        if isinstance(self.estimator, MixtureMIEstimator):
+            marginal_log_prob = self.estimator.marginal_log_prob
+        else:
+            marginal_log_prob = self.estimator.marginal.log_prob
+        conditional = self.estimator.conditional
+        scale = torch.full(z.shape[:1], weight, device=z.device)  # [B]
+        if self.config.mi_gradient == "confusion" and isinstance(self.estimator, MixtureMIEstimator):
+            scale = torch.zeros_like(scale)  # the features get the confusion gradient instead (see below)
+        elif self.config.positive_part:
+            with torch.no_grad():  # which samples have a positive pointwise MI (invariant to standardisation)
+                pointwise = conditional.log_prob(z, sensitive) - marginal_log_prob(z)  # [B]
+            scale = scale * (pointwise > 0)
+        marginal_nll = -marginal_log_prob(_scale_rows(z, scale))  # [B]: estimator fits, z gets +w * grad h
+        conditional_nll = -conditional.log_prob(
+            _scale_rows(z, -scale), sensitive
+        )  # [B]: z gets -w * grad h(.|S)
+        h_marginal, h_conditional = marginal_nll.mean(), conditional_nll.mean()
+        mutual_information = h_marginal - h_conditional
+        fit = h_marginal + h_conditional
+        penalty = (
+            (marginal_nll - conditional_nll).clamp_min(0).mean()
+            if self.config.positive_part
+            else mutual_information
+        )
+        if self.config.mi_gradient == "confusion" and isinstance(self.estimator, MixtureMIEstimator):
+            loss = _value_with_grad(weight * penalty, fit.detach() * 0, self._confusion_term(z, weight))
+            loss = loss + (fit - fit.detach())  # z reaches the fit only through the confusion term
+        else:
+            loss = _value_with_grad(weight * penalty, fit)
+        log_scale = self.log_scale()
+        metrics = {
+            "marginal_entropy": (h_marginal + log_scale).detach(),
+            "conditional_entropy": (h_conditional + log_scale).detach(),
+            "mutual_information": mutual_information.detach(),
+            "estimator_nll": fit.detach(),
+        }
+        return PenaltyOutput(loss=loss, metrics=metrics)
+
+    def _confusion_term(self, z: Tensor, weight: float) -> Tensor:
+        """A term whose gradient to ``z`` is ``weight * grad_z mean_n KL(p(S) || q(S | z_n))`` (estimator frozen).
+
+        The KL to the class prior is zero exactly when the estimator's posterior ``q(s | z)`` does not depend on
+        z (independence). Unlike ``log q(s | z)``, its gradient does not vanish when S is perfectly readable.
+        """
+        if not (self.training and z.requires_grad):
+            return z.new_zeros(())
+        estimator: MixtureMIEstimator = self.estimator
+        prior = estimator.log_prior.exp().to(z.dtype)  # [C]
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(True)
+            posterior = torch.log_softmax(
+                estimator.all_log_probs(zz) + estimator.log_prior.to(z.dtype), dim=1
+            )
+            confusion = -(prior * posterior).sum(1).mean()  # [], cross-entropy of the prior to q(s|z)
+            (grad,) = torch.autograd.grad(confusion, zz)
+        return (z * (weight * grad)).sum()  # [], gradient weight * grad to z only
+
+
+@PENALTY_REGISTRY.register("entropy")
+class EntropyPenalty(KNIFEPenalty):
+    """Lower (``entropy_direction="lower"``) or raise (``"raise"``) the KNIFE estimate of h(Z)."""
+
+    name = "entropy"
+
+    def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
+        super().__init__(config, hidden_size, source)
+        self.estimator = MarginalKernel(self.dim, **self.kernel_options())
+        self.sign = 1.0 if config.entropy_direction == "lower" else -1.0
+        self._make_inner_state()
+        self.reset_parameters()
+
+    def _init_estimator(self, z: Tensor, sensitive: Tensor | None) -> None:
+        self.estimator.init_from_samples(z)
+
+    def fitting_loss(self, z: Tensor, sensitive: Tensor | None) -> Tensor:
+        return self.estimator(z)
+
+    def compute(self, z: Tensor, sensitive: Tensor | None, weight: float) -> PenaltyOutput:
+        nll = -self.estimator.log_prob(scale_gradient(z, self.sign * weight)).mean()
+        entropy = nll + self.log_scale()  # in the units of Z
+        loss = _value_with_grad(self.sign * weight * entropy, nll)
+        return PenaltyOutput(
+            loss=loss, metrics={"marginal_entropy": entropy.detach(), "estimator_nll": nll.detach()}
+        )
+
+
+@PENALTY_REGISTRY.register("adversarial")
+class AdversarialPenalty(KNIFEPenalty):
+    """Gradient-reversal baseline (Ganin & Lempitsky, 2015): an MLP adversary predicts a discrete S from Z.
+
+    The adversary minimises its cross-entropy CE(S | Z); through a gradient-reversal layer the features get
+    ``-weight * grad CE``, i.e. the model maximises the adversary's loss. The loss *value* is ``-weight * CE``
+    (what the model optimises); ``hidden_dims`` sets the adversary's width and ``estimator_lr`` its learning rate.
+    """
+
+    name = "adversarial"
+
+    def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
+        super().__init__(config, hidden_size, source)
+        if config.sensitive_type != "discrete" or config.num_sensitive_classes is None:
+            raise ValueError(
+                "the adversarial penalty needs a discrete S with num_sensitive_classes (KNIFETrainer infers it from "
+                "the sensitive column of the training data)"
+            )
+        layers: list[nn.Module] = []
+        width = self.dim
+        for hidden in config.hidden_dims:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.estimator = nn.Sequential(*layers, nn.Linear(width, config.num_sensitive_classes))
+        self._make_inner_state()
+        self.reset_parameters()
+
+    check_sensitive = MutualInformationPenalty.check_sensitive
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for module in self.estimator.modules():
+            if isinstance(module, nn.Linear):
+                hf_init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                bound = 1.0 / math.sqrt(module.in_features)
+                hf_init.uniform_(module.bias, -bound, bound)
+
+    def _init_estimator(self, z: Tensor, sensitive: Tensor | None) -> None:
+        """The adversary starts from its random initialisation (only the feature statistics are set)."""
+
+    def fitting_loss(self, z: Tensor, sensitive: Tensor | None) -> Tensor:
+        return nn.functional.cross_entropy(self.estimator(z), sensitive)
+
+    def compute(self, z: Tensor, sensitive: Tensor | None, weight: float) -> PenaltyOutput:
+        logits = self.estimator(scale_gradient(z, -weight))  # [B, C]
+        cross_entropy = nn.functional.cross_entropy(logits, sensitive)
+        accuracy = (logits.detach().argmax(-1) == sensitive).float().mean()
+        loss = _value_with_grad(-weight * cross_entropy, cross_entropy)
+        return PenaltyOutput(
+            loss=loss, metrics={"adversary_loss": cross_entropy.detach(), "adversary_accuracy": accuracy}
+        )
+
+
+class GaussianHead(nn.Module):
+    """Stochastic head ``z = mu + sigma * eps`` with ``mu = h`` and ``log sigma = W h + b``.
+
+    ``W`` starts at zero and ``b`` at ``log(init_sigma)``, so the head starts as ``h`` plus small isotropic noise.
+    In eval mode it returns ``mu``.
+    """
+
+    def __init__(self, dim: int, init_sigma: float) -> None:
+        super().__init__()
+        self.init_sigma = init_sigma
+        self.log_sigma = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        hf_init.zeros_(self.log_sigma.weight)
+        hf_init.constant_(self.log_sigma.bias, math.log(self.init_sigma))
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``h [B, d]`` -> ``(z, mu, log_sigma)``, each ``[B, d]`` (``z = mu`` in eval mode)."""
+        mu = h
+        log_sigma = self.log_sigma(h.to(self.log_sigma.weight.dtype)).to(h.dtype)  # [B, d]
+        if not self.training:
+            return mu, mu, log_sigma
+        return mu + log_sigma.exp() * torch.randn_like(mu), mu, log_sigma
+
+
+@PENALTY_REGISTRY.register("information_bottleneck")
+class InformationBottleneckPenalty(KNIFEPenalty):
+    """Minimise ``I(X; Z) = h_KNIFE(Z) - h(Z | X)`` through the stochastic head (or VIB's KL as the baseline).
+
+    ``h(Z|X) = mean_n sum_j log sigma_nj + d/2 log(2 pi e)`` in closed form. Use :meth:`transform` as the
+    representation hook's transform, so the classifier reads the noisy ``z``; ``forward`` then receives that ``z``.
+    """
+
+    name = "information_bottleneck"
+
+    def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
+        super().__init__(config, hidden_size, source)
+        self.head = GaussianHead(hidden_size, config.ib_init_sigma)
+        self.estimator = MarginalKernel(self.dim, **self.kernel_options())
+        self._last: tuple[Tensor, Tensor] | None = None
+        self._make_inner_state()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.head.reset_parameters()
+
+    def transform(self, h: Tensor) -> Tensor:
+        """``[B, d] -> [B, d]``: sample the head; remembers ``mu`` and ``log sigma`` for :meth:`forward`."""
+        z, mu, log_sigma = self.head(h)
+        self._last = (mu, log_sigma)
+        return z
+
+    def _init_estimator(self, z: Tensor, sensitive: Tensor | None) -> None:
+        self.estimator.init_from_samples(z)
+
+    def fitting_loss(self, z: Tensor, sensitive: Tensor | None) -> Tensor:
+        return self.estimator(z)
+
+    def compute(self, z: Tensor, sensitive: Tensor | None, weight: float) -> PenaltyOutput:
+        if self._last is None:
+            raise RuntimeError(
+                "information_bottleneck: call transform() on the representation before the penalty"
+            )
+        mu, log_sigma = (t.float() for t in self._last)
+        self._last = None
+        d = z.shape[1]
+        h_conditional = log_sigma.sum(1).mean() + 0.5 * d * math.log(
+            2 * math.pi * math.e
+        )  # h(Z|X), closed form
+        kl = (
+            0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 1.0 - 2 * log_sigma).sum(1).mean()
+        )  # VIB: KL(q(z|x) || N(0, I))
+        metrics = {"conditional_entropy": h_conditional.detach(), "vib_kl": kl.detach()}
+        if self.config.ib_estimator == "vib":
+            return PenaltyOutput(loss=weight * kl, metrics=metrics)
+        nll = -self.estimator.log_prob(
+            scale_gradient(z, weight)
+        ).mean()  # h_KNIFE(Z): fit + weight * grad to z
+        h_marginal = nll + self.log_scale()  # in the units of Z
+        mutual_information = h_marginal - h_conditional
+        loss = _value_with_grad(weight * mutual_information, nll, -weight * h_conditional)
+        metrics.update(
+            marginal_entropy=h_marginal.detach(),
+            mutual_information=mutual_information.detach(),
+            estimator_nll=nll.detach(),
+        )
+        return PenaltyOutput(loss=loss, metrics=metrics)
+
+
+def build_penalty(config: KNIFEConfig, hidden_size: int, source: str = "Z") -> KNIFEPenalty:
+    """Instantiate the penalty registered under ``config.penalty`` for features of size ``hidden_size``."""
+    return PENALTY_REGISTRY.get(config.penalty)(config, hidden_size, source)

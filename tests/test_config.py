@@ -1,0 +1,88 @@
+"""KNIFEConfig: validation with clear errors, save/load, registries, command-line arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from hf_knife.config import KNIFE_CONFIG_NAME, PENALTY_REGISTRY, REPRESENTATION_REGISTRY, KNIFEConfig
+
+
+def test_defaults_and_round_trip(tmp_path):
+    config = KNIFEConfig(
+        penalty="mutual_information", weight=0.5, sensitive_column="gender", bandwidth_bounds=[0.01, 10]
+    )
+    path = config.save_pretrained(tmp_path)
+    assert path.endswith(KNIFE_CONFIG_NAME)
+    saved = json.loads((tmp_path / KNIFE_CONFIG_NAME).read_text())
+    assert saved["weight"] == 0.5 and "hf_knife_version" in saved
+    assert KNIFEConfig.from_pretrained(tmp_path) == config
+    assert KNIFEConfig.from_pretrained(path) == config
+
+
+def test_registries_list_builtins():
+    assert set(PENALTY_REGISTRY) == {"mutual_information", "entropy", "information_bottleneck", "adversarial"}
+    assert set(REPRESENTATION_REGISTRY) == {"cls", "mean", "pooler", "module"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(penalty="mi"), "unknown penalty 'mi'; expected one of 'mutual_information', 'entropy'"),
+        (
+            dict(representation="avg"),
+            "unknown representation 'avg'; expected one of 'cls', 'mean', 'pooler', 'module'",
+        ),
+        (dict(covariance="dense"), "unknown covariance 'dense'"),
+        (dict(weight=-1.0), "weight must be a finite number >= 0, got -1.0"),
+        (dict(weight=math.nan), "weight must be a finite number >= 0, got nan"),
+        (dict(weight="big"), "weight must be a number >= 0"),
+        (dict(num_components=0), "num_components must be a positive integer"),
+        (dict(representation="module"), "representation='module' needs module_name"),
+        (dict(penalty="information_bottleneck", representation="mean"), "information_bottleneck needs"),
+        (dict(entropy_direction="up"), "unknown entropy_direction 'up'; expected one of 'lower', 'raise'"),
+        (dict(bandwidth_bounds=[1.0, 0.1]), "bandwidth_bounds must be [min, max]"),
+        (dict(num_sensitive_classes=1), "num_sensitive_classes must be >= 2"),
+        (dict(estimator_lr=0.0), "estimator_lr must be a finite number > 0"),
+    ],
+)
+def test_bad_values_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        KNIFEConfig(**kwargs)
+    assert message in str(error.value)
+
+
+def test_unknown_keys_in_json_are_ignored_with_warning(tmp_path):
+    (tmp_path / KNIFE_CONFIG_NAME).write_text(json.dumps({"penalty": "entropy", "from_the_future": 1}))
+    with pytest.warns(UserWarning, match="from_the_future"):
+        assert KNIFEConfig.from_pretrained(tmp_path).penalty == "entropy"
+
+
+def test_every_option_is_a_command_line_flag(tmp_path):
+    from transformers import HfArgumentParser
+
+    from hf_knife.trainer import KNIFETrainingArguments
+
+    names = {f.name for f in dataclasses.fields(KNIFETrainingArguments)}
+    assert {f"knife_{f.name}" for f in dataclasses.fields(KNIFEConfig)} <= names
+    (args,) = HfArgumentParser(KNIFETrainingArguments).parse_args_into_dataclasses(
+        [
+            "--output_dir", str(tmp_path), "--knife_penalty", "entropy", "--knife_weight", "0.3",
+            "--knife_entropy_direction", "raise", "--knife_layer", "-2", "--knife_hidden_dims", "16", "8",
+            "--knife_init_from_data", "false", "--report_to", "none",
+        ]
+    )  # fmt: skip
+    config = args.to_knife_config()
+    assert config.penalty == "entropy" and config.weight == 0.3 and config.entropy_direction == "raise"
+    assert config.layer == -2 and config.hidden_dims == [16, 8] and config.init_from_data is False
+    (plain,) = HfArgumentParser(KNIFETrainingArguments).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path)]
+    )
+    assert plain.to_knife_config() is None
+    with pytest.raises(ValueError, match="unknown representation 'first'"):
+        HfArgumentParser(KNIFETrainingArguments).parse_args_into_dataclasses(
+            ["--output_dir", str(tmp_path), "--knife_penalty", "entropy", "--knife_representation", "first"]
+        )[0].to_knife_config()

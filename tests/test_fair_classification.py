@@ -1,0 +1,138 @@
+"""recipes/fair_classification.py end to end on a tiny local model and dataset (3 sensitive groups)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fair_classification.py"
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("fair_classification", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fair_classification"] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from hf_knife.data import default_model_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3)  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(tmp_path_factory):
+    rng = random.Random(0)
+    jobs = {"writer": "writes books", "doctor": "treats patients", "coach": "trains the team"}
+    groups = {"north": "from the hills", "south": "from the coast", "east": "from the plains"}
+    rows = ["text,occupation,region"]
+    for i in range(90):
+        job = list(jobs)[i % 3]
+        region = rng.choice(list(groups))
+        rows.append(f"the person {jobs[job]} and comes {groups[region]} number {i},{job},{region}")
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def recipe_args(model_dir, csv, output_dir, *extra):
+    return [
+        "--model_name_or_path", str(model_dir), "--data_files", str(csv), "--label_column", "occupation",
+        "--sensitive_column", "region", "--train_size", "36", "--validation_size", "15", "--test_size", "30",
+        "--output_dir", str(output_dir), "--max_steps", "2", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16", "--report_to", "none", "--use_cpu", "--save_strategy", "no",
+        "--audit_bootstrap", "20", "--max_length", "24", "--disable_tqdm", "True", *extra,
+    ]  # fmt: skip
+
+
+def test_recipe_end_to_end_writes_results_and_plot(tiny_model_dir, tiny_csv, tmp_path):
+    recipe = load_recipe()
+    rows = recipe.main(
+        recipe_args(tiny_model_dir, tiny_csv, tmp_path, "--weights", "0.5,2", "--knife_num_components", "4")
+    )
+    assert [(r["method"], r["weight"]) for r in rows] == [
+        ("none", 0.0), ("knife", 0.5), ("knife", 2.0), ("adversarial", 0.5), ("adversarial", 2.0)
+    ]  # fmt: skip
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["runs"]) == 5 and len(results["summary"]) == 5
+    for row in rows:
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["majority_rate"] >= 1 / 3 - 1e-9  # three groups
+        assert row["leakage"] == pytest.approx(row["attacker_accuracy"] - row["majority_rate"])
+        assert {"logreg_accuracy", "mlp_accuracy", "tpr_gap", "dp_diff", "eo_diff", "mi_estimate"} <= set(row)
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"method", "weight", "accuracy", "macro_f1", "leakage", "tpr_gap", "train_time_s"} <= set(header)
+    assert (tmp_path / "tradeoff.png").stat().st_size > 1000
+
+
+def test_push_to_hub_card_reports_the_audit(tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
+    """--push_to_hub pushes the knife model with an audit section in its card (fake Hub)."""
+    import concurrent.futures
+    import shutil
+
+    import transformers.trainer
+
+    uploaded = tmp_path / "hub"
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            from huggingface_hub import RepoUrl
+
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def upload_folder(self, *, folder_path, run_as_future=False, **kwargs):
+            shutil.copytree(folder_path, uploaded, dirs_exist_ok=True)
+            if run_as_future:
+                future = concurrent.futures.Future()
+                future.set_result(None)
+                return future
+            return None
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda *a, **k: FakeApi(), raising=False)
+    recipe = load_recipe()
+    recipe.main(recipe_args(tiny_model_dir, tiny_csv, tmp_path / "out", "--methods", "none,knife", "--push_to_hub",
+                            "--hub_model_id", "me/fair", "--max_accuracy_drop", "1.0"))  # fmt: skip
+    card = (uploaded / "README.md").read_text()
+    assert "Leakage audit" in card and "knife" in card
+    assert (uploaded / "knife_config.json").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--methods", "none,fair"], "unknown method 'fair'"),
+        (["--weights", "-1"], "weights must be finite"),
+        (["--sensitive_column", "nope"], "nope"),
+        (["--label_column", "missing"], "missing"),
+    ],
+)
+def test_bad_input_fails_before_training(tiny_model_dir, tiny_csv, tmp_path, extra, match):
+    recipe = load_recipe()
+    with pytest.raises(ValueError, match=match):
+        recipe.main(recipe_args(tiny_model_dir, tiny_csv, tmp_path, *extra))
+
+
+def test_single_valued_sensitive_attribute_is_refused(tiny_model_dir, tmp_path):
+    csv = tmp_path / "one.csv"
+    csv.write_text(
+        "text,occupation,region\n" + "".join(f"text {i},{'ab'[i % 2]},north\n" for i in range(120))
+    )
+    recipe = load_recipe()
+    with pytest.raises(ValueError, match="single value|one value|only one"):
+        recipe.main(recipe_args(tiny_model_dir, csv, tmp_path / "out"))

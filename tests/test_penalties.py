@@ -1,0 +1,176 @@
+"""Penalties: gradient routing against separate backward passes, schedules, input checks, IB head."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hf_knife.config import KNIFEConfig
+from hf_knife.ops import scale_gradient
+from hf_knife.penalties import build_penalty
+
+
+def _features(n=32, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, 3, (n,), generator=g)
+    z = torch.randn(n, d, generator=g) + s[:, None].float()
+    return z, s
+
+
+@pytest.mark.parametrize("standardize, positive_part", [(False, False), (True, False), (True, True)])
+def test_mi_gradient_routing_matches_separate_backward_passes(standardize, positive_part):
+    torch.manual_seed(0)
+    z0, s = _features()
+    config = KNIFEConfig(
+        num_sensitive_classes=3,
+        num_components=4,
+        weight=0.7,
+        standardize=standardize,
+        positive_part=positive_part,
+    )
+    penalty = build_penalty(config, hidden_size=6)
+    penalty.init_from_samples(z0, s)
+    penalty.eval()  # freeze the running statistics so the three passes see the same map
+    lam = 0.7
+    params = penalty.estimator_parameters()
+
+    z = z0.clone().requires_grad_(True)
+    out = penalty(z, s)
+    out.loss.backward()
+    routed_z, routed_params = z.grad.clone(), [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+
+    # oracle 1: estimator parameters get the gradient of the fitting loss h(Z) + h(Z|S) on detached features
+    zs = penalty.standardize(z0)
+    penalty.estimator(zs, s).loss.backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(routed_params, params))
+    for p in params:
+        p.grad = None
+    # oracle 2: features get lam * grad I_hat (or of the mean positive part of the pointwise MI), estimator frozen
+    z2 = z0.clone().requires_grad_(True)
+    marginal_nll, conditional_nll = penalty.estimator.pointwise(penalty.standardize(z2), s)  # [B] each
+    pointwise = marginal_nll - conditional_nll
+    objective = pointwise.clamp_min(0).mean() if positive_part else pointwise.mean()
+    (grad,) = torch.autograd.grad(lam * objective, z2)
+    torch.testing.assert_close(routed_z, grad, atol=1e-6, rtol=1e-5)
+    # the value is lam * the penalty, not the fitting loss; the logged MI is the raw difference
+    torch.testing.assert_close(out.loss.detach(), lam * objective.detach())
+    torch.testing.assert_close(out.metrics["mutual_information"], pointwise.mean().detach())
+    if positive_part:
+        assert (pointwise < 0).any() and (pointwise > 0).any()  # both branches exercised
+
+
+def test_entropy_sign_and_value():
+    z, _ = _features()
+    for direction, sign in [("lower", 1.0), ("raise", -1.0)]:
+        penalty = build_penalty(
+            KNIFEConfig(penalty="entropy", entropy_direction=direction, num_components=4), 6
+        )
+        penalty.init_from_samples(z)
+        penalty.eval()
+        zz = z.clone().requires_grad_(True)
+        out = penalty(zz)
+        out.loss.backward()
+        z3 = z.clone().requires_grad_(True)
+        (oracle,) = torch.autograd.grad(sign * penalty.estimator(penalty.standardize(z3)), z3)
+        torch.testing.assert_close(zz.grad, oracle, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out.loss.detach(), sign * out.metrics["marginal_entropy"])
+
+
+def test_information_bottleneck_closed_form_and_vib():
+    torch.manual_seed(0)
+    d = 5
+    config = KNIFEConfig(penalty="information_bottleneck", num_components=4, ib_init_sigma=0.5)
+    penalty = build_penalty(config, d)
+    h = torch.randn(64, d)
+    penalty.init_from_samples(h)
+    z = penalty.transform(h)
+    out = penalty(z)
+    expected = d * math.log(0.5) + 0.5 * d * math.log(2 * math.pi * math.e)
+    torch.testing.assert_close(
+        out.metrics["conditional_entropy"], torch.tensor(expected), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(out.metrics["mutual_information"], out.metrics["marginal_entropy"] - expected)
+    vib = build_penalty(
+        KNIFEConfig(penalty="information_bottleneck", ib_estimator="vib", ib_init_sigma=0.5), d
+    )
+    vib.transform(h)
+    kl = vib(h).loss
+    oracle = (
+        torch.distributions.kl_divergence(
+            torch.distributions.Normal(h, 0.5), torch.distributions.Normal(torch.zeros_like(h), 1.0)
+        )
+        .sum(1)
+        .mean()
+    )
+    torch.testing.assert_close(kl, oracle, rtol=1e-5, atol=1e-5)
+
+
+def test_warmup_and_annealing_schedule():
+    penalty = build_penalty(KNIFEConfig(penalty="entropy", weight=2.0, warmup_steps=3, anneal_steps=4), 4)
+    weights = [penalty.current_weight(step) for step in range(9)]
+    assert weights == [0.0, 0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    # during warm-up the features get no gradient but the estimator still fits
+    penalty.global_step = 0
+    z = torch.randn(16, 4, requires_grad=True)
+    penalty(z).loss.backward()
+    assert torch.count_nonzero(z.grad) == 0
+    assert penalty.estimator.loc.grad.abs().sum() > 0
+
+
+def test_inner_steps_fit_the_estimator_and_keep_outer_gradients():
+    z, s = _features()
+    penalty = build_penalty(KNIFEConfig(num_sensitive_classes=3, num_components=4, inner_steps=3), 6)
+    penalty.init_from_samples(z, s)
+    loc = penalty.estimator.conditional.loc
+    loc.grad = torch.ones_like(loc)
+    before = loc.detach().clone()
+    penalty(z, s)
+    assert not torch.equal(before, loc.detach())
+    assert torch.equal(loc.grad, torch.ones_like(loc))
+
+
+def test_continuous_sensitive_and_projection():
+    torch.manual_seed(0)
+    z = torch.randn(32, 8)
+    y = z[:, :2] + 0.1 * torch.randn(32, 2)
+    config = KNIFEConfig(
+        sensitive_type="continuous", sensitive_dim=2, projection_dim=4, num_components=4, hidden_dims=[8]
+    )
+    penalty = build_penalty(config, 8)
+    penalty.init_from_samples(z, y)
+    out = penalty(z.requires_grad_(True), y)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and penalty.projection.shape == (8, 4)
+    torch.testing.assert_close(penalty.projection.T @ penalty.projection, torch.eye(4), atol=1e-5, rtol=0)
+
+
+def test_bad_inputs():
+    penalty = build_penalty(
+        KNIFEConfig(num_sensitive_classes=2, sensitive_column="gender", num_components=2), 4
+    )
+    z = torch.randn(8, 4)
+    with pytest.raises(
+        ValueError, match=r"sensitive column 'gender' contains class id 2, expected ids in \[0, 1\]"
+    ):
+        penalty(z, torch.tensor([0, 1, 2, 0, 1, 0, 1, 0]))
+    with pytest.raises(ValueError, match="non-integer"):
+        penalty(z, torch.full((8,), 0.5))
+    with pytest.raises(ValueError, match="needs the sensitive variable"):
+        penalty(z, None)
+    bad = z.clone()
+    bad[3, 1] = float("nan")
+    penalty.global_step = 7
+    with pytest.raises(FloatingPointError, match=r"representation Z \(Z\) at step 7: 1 NaN and 0 Inf"):
+        penalty(bad, torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"must have shape \[B, 4\]"):
+        penalty(torch.randn(8, 5), torch.zeros(8, dtype=torch.long))
+
+
+def test_scale_gradient_is_the_routing_primitive():
+    x = torch.ones(3, requires_grad=True)
+    (scale_gradient(x, -2.0) * 1.0).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -2.0))
