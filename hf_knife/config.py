@@ -166,12 +166,6 @@ class KNIFEConfig:
         metadata=_help("discrete S: 'mixture' estimates h(Z) with the mixture of the class kernels weighted by the "
                        "class frequencies (I(Z;S) <= H(S), low variance); 'kernel' fits a separate marginal KNIFE"),
     )  # fmt: skip
-    mi_gradient: str = field(
-        default="mutual_information",
-        metadata=_help("discrete S with discrete_marginal='mixture': the features follow the gradient of the KNIFE "
-                       "'mutual_information' (default), or of 'confusion' = KL(p(S) || q(S|z)), which does not "
-                       "vanish when S is perfectly readable"),
-    )  # fmt: skip
     positive_part: bool = field(
         default=True,
         metadata=_help("mutual_information: penalise mean_n max(0, pointwise MI) instead of its mean, so the model "
@@ -221,7 +215,6 @@ class KNIFEConfig:
         _check_choice(self.entropy_direction, "entropy_direction", ENTROPY_DIRECTIONS)
         _check_choice(self.ib_estimator, "ib_estimator", IB_ESTIMATORS)
         _check_choice(self.discrete_marginal, "discrete_marginal", DISCRETE_MARGINALS)
-        _check_choice(self.mi_gradient, "mi_gradient", ("mutual_information", "confusion"))
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)):
             raise ValueError(f"weight must be a number >= 0, got {self.weight!r}")
         if math.isnan(self.weight) or math.isinf(self.weight) or self.weight < 0:

@@ -449,9 +449,7 @@ class MutualInformationPenalty(KNIFEPenalty):
             marginal_log_prob = self.estimator.marginal.log_prob
         conditional = self.estimator.conditional
         scale = torch.full(z.shape[:1], weight, device=z.device)  # [B]
-        if self.config.mi_gradient == "confusion" and isinstance(self.estimator, MixtureMIEstimator):
-            scale = torch.zeros_like(scale)  # the features get the confusion gradient instead (see below)
-        elif self.config.positive_part:
+        if self.config.positive_part:
             with torch.no_grad():  # which samples have a positive pointwise MI (invariant to standardisation)
                 pointwise = conditional.log_prob(z, sensitive) - marginal_log_prob(z)  # [B]
             scale = scale * (pointwise > 0)
@@ -467,11 +465,7 @@ class MutualInformationPenalty(KNIFEPenalty):
             if self.config.positive_part
             else mutual_information
         )
-        if self.config.mi_gradient == "confusion" and isinstance(self.estimator, MixtureMIEstimator):
-            loss = _value_with_grad(weight * penalty, fit.detach() * 0, self._confusion_term(z, weight))
-            loss = loss + (fit - fit.detach())  # z reaches the fit only through the confusion term
-        else:
-            loss = _value_with_grad(weight * penalty, fit)
+        loss = _value_with_grad(weight * penalty, fit)
         log_scale = self.log_scale()
         metrics = {
             "marginal_entropy": (h_marginal + log_scale).detach(),
@@ -480,25 +474,6 @@ class MutualInformationPenalty(KNIFEPenalty):
             "estimator_nll": fit.detach(),
         }
         return PenaltyOutput(loss=loss, metrics=metrics)
-
-    def _confusion_term(self, z: Tensor, weight: float) -> Tensor:
-        """A term whose gradient to ``z`` is ``weight * grad_z mean_n KL(p(S) || q(S | z_n))`` (estimator frozen).
-
-        The KL to the class prior is zero exactly when the estimator's posterior ``q(s | z)`` does not depend on
-        z (independence). Unlike ``log q(s | z)``, its gradient does not vanish when S is perfectly readable.
-        """
-        if not (self.training and z.requires_grad):
-            return z.new_zeros(())
-        estimator: MixtureMIEstimator = self.estimator
-        prior = estimator.log_prior.exp().to(z.dtype)  # [C]
-        with torch.enable_grad():
-            zz = z.detach().requires_grad_(True)
-            posterior = torch.log_softmax(
-                estimator.all_log_probs(zz) + estimator.log_prior.to(z.dtype), dim=1
-            )
-            confusion = -(prior * posterior).sum(1).mean()  # [], cross-entropy of the prior to q(s|z)
-            (grad,) = torch.autograd.grad(confusion, zz)
-        return (z * (weight * grad)).sum()  # [], gradient weight * grad to z only
 
 
 @PENALTY_REGISTRY.register("entropy")

@@ -11,7 +11,7 @@ parity and equalised odds differences, the leakage audit (fresh logistic-regress
 frozen training-split representations; the headline is the strongest attacker) and a fresh KNIFE estimate of
 I(Z; S). Results go to ``results.json`` / ``results.csv`` and ``tradeoff.png`` (accuracy vs leakage).
 
-    python recipes/fair_classification.py --output_dir runs/fair                       # offline default: BUG + MiniLM
+    python recipes/fair_classification.py                                     # offline default: BUG + MiniLM
     python recipes/fair_classification.py --output_dir runs/fair --weights 0.1,1,10 --num_train_epochs 2
     accelerate launch recipes/fair_classification.py --output_dir runs/fair
     python recipes/fair_classification.py --output_dir runs/bios --dataset_name LabHC/bias_in_bios \\
@@ -46,6 +46,12 @@ from hf_knife.pooling import FeatureCapture, resolve_source
 from hf_knife.trainer import KNIFETrainer, KNIFETrainingArguments
 
 METHODS = ("none", "knife", "adversarial")
+# Training defaults of the recipe (any of them can be overridden on the command line: the last flag wins).
+RECIPE_DEFAULTS = [
+    "--output_dir", "runs/fair_classification", "--num_train_epochs", "2", "--per_device_train_batch_size", "32",
+    "--per_device_eval_batch_size", "128", "--learning_rate", "5e-5", "--report_to", "none", "--save_strategy", "no",
+    "--logging_steps", "10",
+]  # fmt: skip
 OFFLINE_TASKS = ("bug", "reddit_bias")
 
 
@@ -265,7 +271,7 @@ def run_one(
     for name, result in audit.attackers.items():
         row[f"{name}_accuracy"] = result.accuracy
         row[f"{name}_leakage"] = result.leakage
-    mi = hf_knife.estimate_mutual_information(z_test, s_test.astype(np.int64), seed=seed, num_components=8)
+    mi = hf_knife.estimate_mutual_information(z_test, s_test.astype(np.int64), seed=seed)
     row.update(mi_estimate=float(mi), mi_stderr=mi.stderr)
     return row, trainer, audit
 
@@ -381,7 +387,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from transformers import AutoTokenizer, HfArgumentParser
 
     parser = HfArgumentParser((FairClassificationArguments, KNIFETrainingArguments))
-    script, args = parser.parse_args_into_dataclasses(args=argv)
+    argv = sys.argv[1:] if argv is None else argv
+    script, args = parser.parse_args_into_dataclasses(args=RECIPE_DEFAULTS + list(argv))
     methods = [m.strip() for m in script.methods.split(",") if m.strip()]
     for method in methods:
         if method not in METHODS:

@@ -23,8 +23,8 @@ of that epoch is reported per seed, with the mean and std per method and the pai
     python recipes/fine_tuning.py --dataset 20newsgroups --num_train_per_class 5 --seeds 1,2,3,4,5 \\
         --output_dir results/fine_tuning/20newsgroups_k5
     # with Hub access: GLUE (MRPC / RTE as sentence pairs, STS-B as regression with Pearson / Spearman)
-    python recipes/fine_tuning.py --dataset_name glue --dataset_config_name stsb --text_column sentence1 \\
-        --text_pair_column sentence2 --task regression --num_train_samples 200
+    python recipes/fine_tuning.py --dataset_name glue --dataset_config_name stsb --num_train_samples 200
+    python recipes/fine_tuning.py --dataset_name glue --dataset_config_name mrpc --num_train_per_class 50
     # local files, several processes
     accelerate launch recipes/fine_tuning.py --train_file train.csv --test_file test.csv --label_column y
 
@@ -222,6 +222,23 @@ def _parse_list(value: str, name: str) -> list[str]:
     if len(set(items)) != len(items):
         raise ValueError(f"--{name} has duplicates: {value!r}")
     return items
+
+
+#: Text columns of the GLUE tasks (used when --dataset_name glue and --text_column is left at 'text').
+GLUE_COLUMNS = {
+    "cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
+    "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"), "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"), "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2"),
+}  # fmt: skip
+
+
+def apply_dataset_defaults(script: ScriptArguments) -> ScriptArguments:
+    """GLUE: fill the text columns of the task (STS-B's float labels then make it a regression)."""
+    name, config = (script.dataset_name or "").lower(), (script.dataset_config_name or "").lower()
+    if script.train_file is None and name in ("glue", "nyu-mll/glue") and config in GLUE_COLUMNS:
+        if script.text_column == "text" and script.text_pair_column is None:
+            script.text_column, script.text_pair_column = GLUE_COLUMNS[config]
+    return script
 
 
 def check_script_arguments(script: ScriptArguments) -> tuple[list[str], list[int]]:
@@ -713,7 +730,7 @@ def run(script: ScriptArguments, training: FineTuningArguments) -> dict[str, Any
     from hf_knife.data import resolve_model_name_or_path
     from hf_knife.metrics import make_compute_metrics
 
-    methods, seeds = check_script_arguments(script)
+    methods, seeds = check_script_arguments(apply_dataset_defaults(script))
     main_process = training.process_index == 0
     if training.knife_penalty not in (None, "information_bottleneck"):
         raise ValueError(

@@ -86,9 +86,10 @@ def test_discrete_mutual_information_against_monte_carlo():
     g = torch.Generator().manual_seed(6)
     labels = torch.multinomial(priors, 8_000, replacement=True, generator=g)
     z = means[labels] + torch.randn(8_000, 2, generator=g, dtype=torch.float64)
-    result = hf_knife.estimate_mutual_information(z.numpy(), labels.numpy(), seed=0)
-    assert result.estimator.is_discrete
-    assert abs(float(result) - truth) < 0.1, (float(result), truth)
+    for marginal, estimator_class in (("mixture", hf_knife.MixtureMIEstimator), ("kernel", hf_knife.KNIFEEstimator)):
+        result = hf_knife.estimate_mutual_information(z.numpy(), labels.numpy(), seed=0, discrete_marginal=marginal)
+        assert isinstance(result.estimator, estimator_class)
+        assert abs(float(result) - truth) < 0.1, (marginal, float(result), truth)
 
 
 def test_seed_reproducibility():

@@ -190,6 +190,9 @@ def test_dataset_alias_and_defaults():
     assert script.dataset_name == "20newsgroups" and ft.check_script_arguments(script)[1] == [1, 2, 3, 4, 5]
     assert training.eval_strategy == "epoch" and training.save_strategy == "no"
     assert script.bottleneck_dim == 64 and script.pooling == "mean"
+    glue, _ = ft.parse_args(["--dataset_name", "glue", "--dataset_config_name", "stsb"])
+    ft.apply_dataset_defaults(glue)
+    assert (glue.text_column, glue.text_pair_column, glue.task) == ("sentence1", "sentence2", "auto")
 
 
 # ---------------------------------------------------------------------------- the Gaussian head

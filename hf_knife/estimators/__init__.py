@@ -12,8 +12,14 @@ from .functional import (
 )
 from .marginal import MarginalKernel
 from .mutual_information import KNIFEEstimator, KNIFEOutput, MixtureMIEstimator
+from .variational import CLUB, MINE, NWJ, VARIATIONAL_ESTIMATORS, InfoNCE
 
 __all__ = [
+    "CLUB",
+    "InfoNCE",
+    "MINE",
+    "NWJ",
+    "VARIATIONAL_ESTIMATORS",
     "COVARIANCE_TYPES",
     "ConditionalKernel",
     "DiscreteConditionalKernel",

@@ -105,7 +105,30 @@ def doe_mutual_information(x: Tensor, y: Tensor) -> float:
     return gaussian_entropy(cov(x)) + gaussian_entropy(cov(y)) - gaussian_entropy(cov(joint))
 
 
-def knn_entropy(x: Tensor | np.ndarray, k: int = 3) -> float:
+def _kth_neighbour_log_distance(x: np.ndarray, k: int, chunk_size: int) -> np.ndarray:
+    """``log`` of the Euclidean distance from each row of ``x [N, d]`` to its k-th nearest other row: ``[N]``.
+
+    A k-d tree in low dimension; in high dimension (where the tree degrades to a slow brute force) chunked GEMMs
+    on centred float32 data, ``||a||^2 + ||b||^2 - 2 a.b``.
+    """
+    n, d = x.shape
+    if d <= 16:
+        distances, _ = cKDTree(x).query(x, k=k + 1)  # [N, k+1], first is the point itself
+        return np.log(np.maximum(distances[:, -1], 1e-300))
+    z = torch.from_numpy(x - x.mean(0)).float()  # [N, d]
+    squared = z.square().sum(1)  # [N]
+    log_eps = np.empty(n)
+    for start in range(0, n, chunk_size):
+        block = z[start : start + chunk_size]  # [c, d]
+        dist2 = (squared[start : start + chunk_size, None] + squared[None, :] - 2.0 * block @ z.T).clamp_min(
+            0.0
+        )  # [c, N]
+        kth = dist2.topk(k + 1, dim=1, largest=False).values[:, -1]  # [c], the point itself comes first
+        log_eps[start : start + chunk_size] = 0.5 * kth.double().clamp_min(1e-300).log().numpy()
+    return log_eps
+
+
+def knn_entropy(x: Tensor | np.ndarray, k: int = 3, chunk_size: int = 2048) -> float:
     """Kozachenko-Leonenko k-nearest-neighbour entropy estimate (Euclidean norm), in nats.
 
     ``h = psi(N) - psi(k) + log V_d + d/N sum_i log eps_i`` with ``eps_i`` the distance to the k-th neighbour
@@ -115,10 +138,9 @@ def knn_entropy(x: Tensor | np.ndarray, k: int = 3) -> float:
     n, d = x.shape
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
-    distances, _ = cKDTree(x).query(x, k=k + 1)  # [N, k+1], first is the point itself
-    eps = np.maximum(distances[:, -1], 1e-300)
+    log_eps = _kth_neighbour_log_distance(x, k, chunk_size)
     log_unit_ball = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1)
-    return float(digamma(n) - digamma(k) + log_unit_ball + d * np.mean(np.log(eps)))
+    return float(digamma(n) - digamma(k) + log_unit_ball + d * np.mean(log_eps))
 
 
 def ksg_mutual_information(x: Tensor | np.ndarray, y: Tensor | np.ndarray, k: int = 3) -> float:
