@@ -96,6 +96,13 @@ class KernelBase(
         low, high = self.bandwidth_bounds
         return log_diag.clamp(-math.log(high), -math.log(low))
 
+    def _density_parameters(self) -> tuple[tuple[Tensor, Tensor, Tensor], dict]:
+        """Positional ``(loc, log_diag, mixture_logits)`` and keyword arguments of the functional density."""
+        chunk_size = getattr(self, "chunk_size", None)
+        return (self.loc, self._bounded_log_diag(self.log_diag), self.mixture_logits), dict(
+            tril=self.tril, factor=self.factor, chunk_size=chunk_size
+        )
+
     @contextlib.contextmanager
     def _fp32(self, x: Tensor):
         """Run the density in the parameters' dtype (fp32 or fp64), never under half-precision autocast."""

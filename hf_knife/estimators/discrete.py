@@ -57,31 +57,16 @@ class DiscreteConditionalKernel(KernelBase):
         """``log q(x | s)`` per sample: ``x [B, d]``, ``labels [B]`` -> ``[B]``."""
         self._check_x(x)
         labels = self._check_labels(x, labels)
+        args, kwargs = self._density_parameters()
         with self._fp32(x) as x:
-            return discrete_mixture_log_prob(
-                x,
-                labels,
-                self.loc,
-                self._bounded_log_diag(self.log_diag),
-                self.mixture_logits,
-                tril=self.tril,
-                factor=self.factor,
-                chunk_size=self.chunk_size,
-            )
+            return discrete_mixture_log_prob(x, labels, *args, **kwargs)
 
     def log_prob_per_class(self, x: Tensor) -> Tensor:
         """``log q(x | s = c)`` for every class: ``x [B, d] -> [B, C]``."""
         self._check_x(x)
+        args, kwargs = self._density_parameters()
         with self._fp32(x) as x:
-            return class_mixture_log_probs(
-                x,
-                self.loc,
-                self._bounded_log_diag(self.log_diag),
-                self.mixture_logits,
-                tril=self.tril,
-                factor=self.factor,
-                chunk_size=self.chunk_size,
-            )
+            return class_mixture_log_probs(x, *args, **kwargs)
 
     def forward(self, x: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy estimate of h(X|S) in nats: ``[]``."""

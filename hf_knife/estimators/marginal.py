@@ -55,16 +55,9 @@ class MarginalKernel(KernelBase):
     def log_prob(self, x: Tensor) -> Tensor:
         """``log q(x)`` per sample: ``x [B, d] -> [B]``."""
         self._check_x(x)
+        args, kwargs = self._density_parameters()
         with self._fp32(x) as x:
-            return mixture_log_prob(
-                x,
-                self.loc,
-                self._bounded_log_diag(self.log_diag),
-                self.mixture_logits,
-                tril=self.tril,
-                factor=self.factor,
-                chunk_size=self.chunk_size,
-            )
+            return mixture_log_prob(x, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         """Cross-entropy estimate of h(X) in nats: ``x [B, d] -> []``."""
