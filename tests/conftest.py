@@ -98,6 +98,44 @@ def train_losses(trainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
+class FakeHfApi:
+    """Offline stand-in for ``transformers.trainer.hf_api()``: uploads are copied into ``target``."""
+
+    def __init__(self, target):
+        self.target, self.uploads = target, []
+
+    def create_repo(self, repo_id, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(repo_id=f"user/{repo_id}")
+
+    def upload_folder(
+        self, repo_id, folder_path, run_as_future=False, path_in_repo=None, ignore_patterns=(), **kw
+    ):
+        import concurrent.futures
+        import shutil
+        from types import SimpleNamespace
+
+        shutil.copytree(folder_path, self.target / (path_in_repo or ""), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(*(ignore_patterns or ())))  # fmt: skip
+        self.uploads.append(repo_id)
+        if run_as_future:
+            future = concurrent.futures.Future()
+            future.set_result(None)
+            return future
+        return SimpleNamespace(repo_id=repo_id)
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """Patch every Trainer Hub call (``transformers.trainer.hf_api``); the fake's ``target`` holds the uploads."""
+    import transformers.trainer
+
+    fake = FakeHfApi(tmp_path / "hub")
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda *args, **kwargs: fake)
+    return fake
+
+
 @pytest.fixture
 def dataset():
     return synthetic_dataset()

@@ -81,33 +81,12 @@ def test_recipe_end_to_end_writes_results_and_plot(tiny_model_dir, tiny_csv, tmp
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
 
 
-def test_push_to_hub_card_reports_the_audit(tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
+def test_push_to_hub_card_reports_the_audit(tiny_model_dir, tiny_csv, tmp_path, fake_hub):
     """--push_to_hub pushes the knife model with an audit section in its card (fake Hub)."""
-    import concurrent.futures
-    import shutil
-
-    import transformers.trainer
-
-    uploaded = tmp_path / "hub"
-
-    class FakeApi:
-        def create_repo(self, repo_id, **kwargs):
-            from huggingface_hub import RepoUrl
-
-            return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-        def upload_folder(self, *, folder_path, run_as_future=False, **kwargs):
-            shutil.copytree(folder_path, uploaded, dirs_exist_ok=True)
-            if run_as_future:
-                future = concurrent.futures.Future()
-                future.set_result(None)
-                return future
-            return None
-
-    monkeypatch.setattr(transformers.trainer, "hf_api", lambda *a, **k: FakeApi(), raising=False)
     recipe = load_recipe()
     recipe.main(recipe_args(tiny_model_dir, tiny_csv, tmp_path / "out", "--methods", "none,knife", "--push_to_hub",
                             "--hub_model_id", "me/fair", "--max_accuracy_drop", "1.0"))  # fmt: skip
+    uploaded = fake_hub.target
     card = (uploaded / "README.md").read_text()
     assert "Leakage audit" in card and "knife" in card
     assert (uploaded / "knife_config.json").exists()

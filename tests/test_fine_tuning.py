@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import importlib.util
 import json
 import math
-import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -252,31 +249,7 @@ def test_bad_input_fails_before_training(assets, tmp_path, extra, message):
 
 
 # ---------------------------------------------------------------------------- Hub
-class _FakeHfApi:
-    def __init__(self, target: Path):
-        self.target, self.uploads = target, []
-
-    def create_repo(self, repo_id, **kwargs):
-        return SimpleNamespace(repo_id=f"user/{repo_id}")
-
-    def upload_folder(
-        self, repo_id, folder_path, run_as_future=False, path_in_repo=None, ignore_patterns=(), **kw
-    ):
-        shutil.copytree(folder_path, self.target / (path_in_repo or ""), dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(*(ignore_patterns or ())))  # fmt: skip
-        self.uploads.append(repo_id)
-        if run_as_future:
-            future = concurrent.futures.Future()
-            future.set_result(None)
-            return future
-        return SimpleNamespace(repo_id=repo_id)
-
-
-def test_push_to_hub_pushes_the_chosen_run_and_it_reloads(assets, tmp_path, monkeypatch):
-    import transformers.trainer
-
-    fake = _FakeHfApi(tmp_path / "hub")
-    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
+def test_push_to_hub_pushes_the_chosen_run_and_it_reloads(assets, tmp_path, fake_hub):
     out = tmp_path / "push"
     argv = _argv(assets, out, "--train_file", str(assets / "cls.csv"), "--num_train_per_class", "3",
                  "--seeds", "1", "--methods", "none,knife", "--push_to_hub", "--hub_model_id", "ft-test",
@@ -285,7 +258,7 @@ def test_push_to_hub_pushes_the_chosen_run_and_it_reloads(assets, tmp_path, monk
     hub = tmp_path / "hub"
     assert (hub / "model.safetensors").is_file() and (hub / "knife_config.json").is_file()
     assert json.loads((hub / "knife_config.json").read_text())["ib_estimator"] == "knife"
-    assert fake.uploads and all(repo == "user/ft-test" for repo in fake.uploads)
+    assert fake_hub.uploads and all(repo == "user/ft-test" for repo in fake_hub.uploads)
     model = ft.load_model(hub).eval()
     assert model.knife_config.module_name == "bottleneck"
     ids = torch.tensor([[101, 2000, 2001, 102]])

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -154,36 +151,7 @@ def test_checkpoint_resume_is_exact(tmp_path):
     assert train_losses(full) == train_losses(resumed)  # the resumed history continues the checkpoint's
 
 
-class _FakeHfApi:
-    def __init__(self, target: Path):
-        self.target, self.uploads = target, []
-
-    def create_repo(self, repo_id, **kwargs):
-        return SimpleNamespace(repo_id=f"user/{repo_id}")
-
-    def upload_folder(
-        self, repo_id, folder_path, run_as_future=False, path_in_repo=None, ignore_patterns=(), **kwargs
-    ):
-        destination = self.target / (path_in_repo or "")
-        shutil.copytree(
-            folder_path,
-            destination,
-            dirs_exist_ok=True,
-            ignore=shutil.ignore_patterns(*(ignore_patterns or ())),
-        )
-        self.uploads.append(repo_id)
-        if run_as_future:
-            future = concurrent.futures.Future()
-            future.set_result(None)
-            return future
-        return SimpleNamespace(repo_id=repo_id)
-
-
-def test_push_to_hub_uploads_weights_config_and_card(tmp_path, monkeypatch):
-    import transformers.trainer
-
-    fake = _FakeHfApi(tmp_path / "hub")
-    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
+def test_push_to_hub_uploads_weights_config_and_card(tmp_path, fake_hub):
     trainer = _trainer(tmp_path / "out", _mi(), max_steps=2, push_to_hub=True, hub_model_id="knife-test",
                        save_strategy="steps", save_steps=1, hub_strategy="every_save")  # fmt: skip
     trainer.train()
@@ -194,7 +162,7 @@ def test_push_to_hub_uploads_weights_config_and_card(tmp_path, monkeypatch):
     card = (hub / "README.md").read_text()
     assert "knife" in card and "hf_knife" in card and "mutual-information" in card
     assert "knife_config:" in card and "pichler2022knife" in card
-    assert fake.uploads and all(repo == "user/knife-test" for repo in fake.uploads)
+    assert fake_hub.uploads and all(repo == "user/knife-test" for repo in fake_hub.uploads)
 
 
 # ---------------------------------------------------------------------------- bad input
