@@ -107,6 +107,11 @@ class FairClassificationArguments:
         default=0.02, metadata={"help": "--push_to_hub: push the knife model with the largest weight whose "
                                         "validation accuracy is within this of none's"},
     )  # fmt: skip
+    merge_from: str | None = field(
+        default=None,
+        metadata={"help": "comma-separated output folders of earlier runs (e.g. methods or seeds run in parallel): "
+                          "merge their results.json rows into --output_dir (table, summary, plot); no training"},
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -373,6 +378,26 @@ def write_results(
     plot(summary, output_dir / "tradeoff.png")
 
 
+def merge_results(folders: list[Path], output_dir: Path) -> list[dict[str, Any]]:
+    """Rows of several finished runs (their ``results.json``) -> one table, summary and plot in ``output_dir``."""
+    rows, sources = [], []
+    for folder in folders:
+        path = folder / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"--merge_from: no results.json in {folder}")
+        rows += json.loads(path.read_text())["runs"]
+        sources.append(str(folder))
+    keys = [(r["method"], r["weight"], r["seed"]) for r in rows]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"--merge_from: the same (method, weight, seed) appears twice: {repeated}")
+    rows.sort(key=lambda r: (r["seed"], list(METHODS).index(r["method"]), r["weight"]))
+    summary = summarise(rows)
+    write_results(rows, summary, output_dir, {"merged_from": sources})
+    print_summary(summary)
+    return rows
+
+
 def print_summary(summary: list[dict[str, Any]]) -> None:
     print(f"\n{'method':<12} {'weight':>6} {'seeds':>5} {'accuracy':>9} {'macro-F1':>9} {'attacker':>9} "
           f"{'majority':>9} {'leakage':>8} {'TPR-GAP':>8} {'I(Z;S)':>7}")  # fmt: skip
@@ -408,6 +433,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if any(not math.isfinite(w) or w < 0 for w in weights):
         raise ValueError(f"--weights must be finite numbers >= 0, got {script.weights}")
     seeds = [int(s) for s in script.seeds.split(",") if s.strip()]
+    if script.merge_from:
+        folders = [Path(d) for d in script.merge_from.split(",") if d.strip()]
+        return merge_results(folders, Path(args.output_dir))
     if args.knife_penalty is not None:
         raise ValueError("do not pass --knife_penalty: the recipe sets the penalty from --methods")
 

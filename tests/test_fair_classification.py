@@ -115,3 +115,36 @@ def test_single_valued_sensitive_attribute_is_refused(tiny_model_dir, tmp_path):
     recipe = load_recipe()
     with pytest.raises(ValueError, match="single value|one value|only one"):
         recipe.main(recipe_args(tiny_model_dir, csv, tmp_path / "out"))
+
+
+def _fake_row(method: str, weight: float, seed: int, accuracy: float) -> dict:
+    return {
+        "method": method, "weight": weight, "seed": seed, "accuracy": accuracy, "macro_f1": accuracy / 2,
+        "attacker_accuracy": 0.9, "majority_rate": 0.8, "leakage": 0.1, "leakage_ci_low": 0.05,
+        "leakage_ci_high": 0.15, "tpr_gap": 0.1, "dp_diff": 0.2, "eo_diff": 0.3, "mi_estimate": 0.0,
+    }  # fmt: skip
+
+
+def test_merge_from_combines_runs_and_refuses_duplicates(tmp_path):
+    recipe = load_recipe()
+    parts = {
+        "a": [_fake_row("none", 0.0, 0, 0.5), _fake_row("knife", 0.1, 0, 0.4)],
+        "b": [_fake_row("adversarial", 0.1, 0, 0.3), _fake_row("knife", 0.1, 1, 0.6), _fake_row("none", 0.0, 1, 0.7)],
+    }  # fmt: skip
+    for name, rows in parts.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"runs": rows}))
+    out = tmp_path / "merged"
+    rows = recipe.main(["--merge_from", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--output_dir", str(out)])
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("none", 0), ("knife", 0), ("adversarial", 0), ("none", 1), ("knife", 1)
+    ]  # fmt: skip
+    summary = {(e["method"], e["weight"]): e for e in json.loads((out / "results.json").read_text())["summary"]}
+    assert summary[("knife", 0.1)]["num_seeds"] == 2
+    assert summary[("knife", 0.1)]["accuracy"] == pytest.approx(0.5)
+    assert summary[("none", 0.0)]["accuracy"] == pytest.approx(0.6)
+    assert (out / "tradeoff.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="appears twice"):
+        recipe.main(["--merge_from", f"{tmp_path / 'a'},{tmp_path / 'a'}", "--output_dir", str(out)])
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        recipe.main(["--merge_from", str(tmp_path / "missing"), "--output_dir", str(out)])
