@@ -277,7 +277,7 @@ def test_mi_penalty_lowers_leakage(tmp_path):
             marks=pytest.mark.xfail(
                 reason="measured (seeds 0, 1; weight 0: test accuracy 0.64/0.64, attacker 0.998/0.996): with the "
                 "default settings at weight 1 the model still follows the shortcut (test accuracy 0.59/0.61, "
-                "attacker 0.998/0.998); see tests/scripts/shortcut_task.py and results/shortcut/README.md (variants tried)",
+                "attacker 0.998/0.998); see tests/scripts/shortcut_task.py and results/shortcut/README.md",
                 strict=False,
             ),
         ),
@@ -298,5 +298,5 @@ def test_shortcut_task_defaults_work(penalty):
     plain = run(0.0, seed=0, steps=300, n_train=2000, penalty=penalty)
     knife = run(1.0, seed=0, steps=300, n_train=2000, penalty=penalty)
     print(penalty, "weight 0:", plain, "weight 1:", knife)
-    assert knife["test_accuracy"] > plain["test_accuracy"] + 0.1
+    assert knife["test_accuracy"] > plain["test_accuracy"] + 0.15
     assert knife["attacker_accuracy"] < plain["attacker_accuracy"] - 0.2
