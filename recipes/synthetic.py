@@ -713,14 +713,8 @@ def _targets_section(output_dir: Path) -> list[str]:
                 rows.append((f"Gaussian staircase, {est}: max abs(bias) <= 0.3 and max MSE <= 0.2",
                              f"{worst_bias:.3f} / {worst_mse:.3f}", worst_bias <= 0.3 and worst_mse <= 0.2, note))  # fmt: skip
             if data["kind"] == "cubic":
-                rows.append(
-                    (
-                        f"Cubic staircase, {est}: max abs(bias) <= 1.0",
-                        f"{worst_bias:.3f}",
-                        worst_bias <= 1.0,
-                        note,
-                    )
-                )
+                rows.append((f"Cubic staircase, {est}: max abs(bias) <= 1.0", f"{worst_bias:.3f}", worst_bias <= 1.0,
+                             note))  # fmt: skip
     if not rows:
         return []
     out = ["**Targets of issue 5** (computed from the tables of this section):", "", "| target | measured | met | source |",
