@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["all_gather_with_grad", "broadcast_module", "is_distributed"]
+__all__ = ["all_gather_with_grad", "broadcast_module", "check_launch", "is_distributed"]
 
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def check_launch(world_size: int) -> None:
+    """Raise if the launcher started more processes than the training arguments will use.
+
+    Under ``accelerate launch --multi_gpu`` on a machine without a GPU, ``TrainingArguments`` without
+    ``use_cpu=True`` sets up no process group: every process would train alone on the full data.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > world_size:
+        raise ValueError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}) but the training arguments use "
+            f"{world_size}: each process would train alone. On a machine without a GPU pass --use_cpu "
+            "(TrainingArguments(use_cpu=True)) so that the processes join one gloo group."
+        )
 
 
 def _gather_sizes(n: int, device: torch.device) -> list[int]:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Subset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import KNIFE_CONFIG_NAME, KNIFEConfig
+from .distributed import check_launch
 from .modeling import KNIFE_OUTPUT_FIELDS, KNIFE_TAGS, KNIFEModelMixin, add_knife, get_knife_module
 
 __all__ = ["KNIFE_CITATION", "KNIFETrainer", "KNIFETrainingArguments"]
@@ -121,6 +122,8 @@ class KNIFETrainer(Trainer):
                     )
                 knife_config = self._knife_infer_classes(knife_config, bound.get("train_dataset"))
                 add_knife(model, knife_config)
+        if training_args is not None:
+            check_launch(training_args.world_size)
         self.knife_config = knife_config
         self.knife_model_card_extra: str | None = None  # markdown appended to the model card (e.g. an audit)
         super().__init__(*args, **kwargs)

@@ -13,7 +13,7 @@ I(PCA(Z); S), a lower bound on I(Z; S). Results go to ``results.json`` / ``resul
 
     python recipes/fair_classification.py                                     # offline default: BUG + MiniLM
     python recipes/fair_classification.py --output_dir runs/fair --weights 0.1,1,10 --num_train_epochs 2
-    accelerate launch recipes/fair_classification.py --output_dir runs/fair
+    accelerate launch --multi_gpu --num_processes 2 recipes/fair_classification.py --output_dir runs/fair  # + --use_cpu without GPU
     python recipes/fair_classification.py --output_dir runs/bios --dataset_name LabHC/bias_in_bios \\
         --model_name_or_path bert-base-uncased --text_column hard_text --label_column profession \\
         --sensitive_column gender                                                   # with Hub access
@@ -391,7 +391,7 @@ def merge_results(folders: list[Path], output_dir: Path) -> list[dict[str, Any]]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         raise ValueError(f"--merge_from: the same (method, weight, seed) appears twice: {repeated}")
-    rows.sort(key=lambda r: (r["seed"], list(METHODS).index(r["method"]), r["weight"]))
+    rows.sort(key=lambda r: (r["seed"], METHODS.index(r["method"]), r["weight"]))
     summary = summarise(rows)
     write_results(rows, summary, output_dir, {"merged_from": sources})
     print_summary(summary)
@@ -443,18 +443,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     runs = [("none", 0.0)] if "none" in methods else []
     runs += [(m, w) for m in methods if m != "none" for w in weights if w > 0]
     rows, best = [], None
+    main_process = args.process_index == 0  # under `accelerate launch` every process audits; one reports
     for seed in seeds:
         data, sensitive = load_task(script, seed)
         num_labels, _ = check_task(data, sensitive)
         tokenized = tokenize(data, tokenizer, script.max_length)
         for method, weight in runs:
-            print(f"\n=== {method} (weight {weight:g}, seed {seed}) ===", flush=True)
+            if main_process:
+                print(f"\n=== {method} (weight {weight:g}, seed {seed}) ===", flush=True)
             row, trainer, audit = run_one(method, weight, seed, script, args, data, tokenized, sensitive, num_labels,
                                           tokenizer)  # fmt: skip
             rows.append(row)
-            write_results(
-                rows, summarise(rows), Path(args.output_dir), {"script": dataclasses.asdict(script)}
-            )
+            if main_process:
+                write_results(
+                    rows, summarise(rows), Path(args.output_dir), {"script": dataclasses.asdict(script)}
+                )
             if args.push_to_hub and method == "knife":
                 none_accuracy = next(
                     (r["val_accuracy"] for r in rows if r["method"] == "none" and r["seed"] == seed), None
@@ -464,11 +467,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 )
                 if eligible and (best is None or weight >= best[0]):
                     best = (weight, trainer, row, audit)
-    summary = summarise(rows)
-    print_summary(summary)
-    print(
-        f"\nresults: {Path(args.output_dir) / 'results.csv'}, plot: {Path(args.output_dir) / 'tradeoff.png'}"
-    )
+    if main_process:
+        print_summary(summarise(rows))
+        print(
+            f"\nresults: {Path(args.output_dir) / 'results.csv'}, plot: {Path(args.output_dir) / 'tradeoff.png'}"
+        )
     if args.push_to_hub:
         if best is None:
             print("--push_to_hub: no knife model kept validation accuracy within --max_accuracy_drop of none's; "

@@ -26,7 +26,7 @@ of that epoch is reported per seed, with the mean and std per method and the pai
     python recipes/fine_tuning.py --dataset_name glue --dataset_config_name stsb --num_train_samples 200
     python recipes/fine_tuning.py --dataset_name glue --dataset_config_name mrpc --num_train_per_class 50
     # local files, several processes
-    accelerate launch recipes/fine_tuning.py --train_file train.csv --test_file test.csv --label_column y
+    accelerate launch --multi_gpu --num_processes 2 recipes/fine_tuning.py --use_cpu --train_file train.csv --test_file test.csv --label_column y
 
 Every ``TrainingArguments`` option works (``--learning_rate``, ``--num_train_epochs``, ``--push_to_hub``, ...),
 and the ``--knife_*`` options set the KNIFE estimator (``--knife_num_components``, ``--knife_estimator_lr``,

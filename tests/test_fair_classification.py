@@ -148,3 +148,20 @@ def test_merge_from_combines_runs_and_refuses_duplicates(tmp_path):
         recipe.main(["--merge_from", f"{tmp_path / 'a'},{tmp_path / 'a'}", "--output_dir", str(out)])
     with pytest.raises(FileNotFoundError, match="no results.json"):
         recipe.main(["--merge_from", str(tmp_path / "missing"), "--output_dir", str(out)])
+
+
+def test_accelerate_launch_two_processes(tiny_model_dir, tiny_csv, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 ... --use_cpu` (gloo): both processes train, one reports."""
+    import os
+    import subprocess
+
+    launcher = Path(sys.executable).parent / "accelerate"
+    command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE),
+               *recipe_args(tiny_model_dir, tiny_csv, tmp_path / "out", "--methods", "none,knife", "--use_cpu")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("=== knife") == 1  # the main process reports, once
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert [(r["method"], r["weight"]) for r in rows] == [("none", 0.0), ("knife", 1.0)]

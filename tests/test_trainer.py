@@ -204,6 +204,15 @@ def test_nan_features_name_the_step_and_tensor(tmp_path):
         trainer.train()
 
 
+def test_processes_left_out_of_the_group_are_refused(tmp_path, monkeypatch):
+    """`accelerate launch --multi_gpu` on a CPU-only machine without --use_cpu: every process would train alone."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"2 processes were launched .* use 1: .* pass --use_cpu"):
+        _trainer(tmp_path, _mi(), use_cpu=False)
+    with pytest.raises(ValueError, match="pass --use_cpu"):
+        _trainer(tmp_path, None, use_cpu=False)  # plain Trainer mode too
+
+
 def test_bad_module_and_names_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="module_name 'bert.nope' does not exist"):
         _trainer(tmp_path, _mi(representation="module", module_name="bert.nope"))
