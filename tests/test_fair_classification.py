@@ -165,3 +165,17 @@ def test_accelerate_launch_two_processes(tiny_model_dir, tiny_csv, tmp_path):
     assert result.stdout.count("=== knife") == 1  # the main process reports, once
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
     assert [(r["method"], r["weight"]) for r in rows] == [("none", 0.0), ("knife", 1.0)]
+
+
+def test_check_task_refuses_empty_splits_and_non_class_labels():
+    from datasets import Dataset, DatasetDict
+
+    recipe = load_recipe()
+    split = Dataset.from_dict({"text": ["a b", "c d"], "label": [0, 1], "gender": [0, 1]})
+    assert recipe.check_task(DatasetDict(train=split, validation=split, test=split), "gender") == (2, 2)
+    empty = split.select([])
+    with pytest.raises(ValueError, match="the 'test' split is empty"):
+        recipe.check_task(DatasetDict(train=split, validation=split, test=empty), "gender")
+    floats = split.map(lambda row: {"label": row["label"] + 0.5})
+    with pytest.raises(ValueError, match="labels must be integer class ids for classification, got dtype float"):
+        recipe.check_task(DatasetDict(train=floats, validation=floats, test=floats), "gender")
