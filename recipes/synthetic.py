@@ -27,10 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -288,89 +290,95 @@ def quick_configs() -> dict[str, object]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# experiments
+# experiments: each is split into independent *units* (a seed, or a (kind, seed, estimator) of the staircase) that
+# return rows, and a *finish* step that summarises the rows of all units, writes the tables and draws the plots.
+# Units are what `--jobs` spreads over worker processes; a unit's result does not depend on where it ran.
 
 
-def run_entropy(cfg: EntropyConfig, seeds: list[int], output_dir: Path) -> dict:
+def entropy_unit(cfg: EntropyConfig, seed: int) -> dict:
     rows = []
     for dim in cfg.dims:
         sampler = GaussianSampler(dim)
         truth = sampler.entropy
-        for seed in tqdm(seeds, desc=f"entropy d={dim}", leave=False):
-            torch.manual_seed(seed)
-            train_gen, eval_gen = seed_generator(seed, 1), seed_generator(seed, 2)
-            batches = sampler.sample(cfg.steps * cfg.batch_size, train_gen).view(
-                cfg.steps, cfg.batch_size, dim
-            )
-            x_eval = sampler.sample(cfg.eval_samples, eval_gen)
-            for method in cfg.methods:
-                start = time.perf_counter()
-                if method.startswith("knife_"):
-                    kernel = MarginalKernel(dim, cfg.num_components, covariance=method.split("_", 1)[1])
-                    kernel.init_from_samples(batches[0])
-                    fit_marginal(kernel, batches, cfg.lr, cfg.final_lr_fraction, method, cfg.tril_lr_factor)
-                    estimate = cross_entropy(kernel, x_eval)
-                elif method == "schraudolph":  # centres at the first batch, bandwidths fitted on the others
-                    kernel = SchraudolphKernel(dim, cfg.num_components).init_from_samples(
-                        batches[0][: cfg.num_components]
-                    )
-                    fit_marginal(kernel, batches[1:], cfg.schraudolph_lr, cfg.final_lr_fraction, method)
-                    estimate = cross_entropy(kernel, x_eval)
-                elif method == "doe":  # closed-form Gaussian fit on all training samples
-                    kernel = DoEEstimator(dim).init_from_samples(batches.reshape(-1, dim))
-                    estimate = cross_entropy(kernel, x_eval)
-                elif method == "knn":
-                    estimate = knn_entropy(x_eval.numpy(), k=cfg.knn_k)
-                else:
-                    raise ValueError(f"unknown entropy method {method!r}")
-                estimate = check_finite(estimate, method, cfg.steps)
-                rows.append(dict(dim=dim, method=method, seed=seed, truth=truth, estimate=estimate,
-                                 error=estimate - truth, seconds=time.perf_counter() - start))  # fmt: skip
+        torch.manual_seed(seed)
+        train_gen, eval_gen = seed_generator(seed, 1), seed_generator(seed, 2)
+        batches = sampler.sample(cfg.steps * cfg.batch_size, train_gen).view(
+            cfg.steps, cfg.batch_size, dim
+        )  # [steps, B, d]
+        x_eval = sampler.sample(cfg.eval_samples, eval_gen)
+        for method in cfg.methods:
+            start = time.perf_counter()
+            if method.startswith("knife_"):
+                kernel = MarginalKernel(dim, cfg.num_components, covariance=method.split("_", 1)[1])
+                kernel.init_from_samples(batches[0])
+                fit_marginal(kernel, batches, cfg.lr, cfg.final_lr_fraction, method, cfg.tril_lr_factor)
+                estimate = cross_entropy(kernel, x_eval)
+            elif method == "schraudolph":  # centres at the first batch, bandwidths fitted on the others
+                kernel = SchraudolphKernel(dim, cfg.num_components).init_from_samples(
+                    batches[0][: cfg.num_components]
+                )
+                fit_marginal(kernel, batches[1:], cfg.schraudolph_lr, cfg.final_lr_fraction, method)
+                estimate = cross_entropy(kernel, x_eval)
+            elif method == "doe":  # closed-form Gaussian fit on all training samples
+                kernel = DoEEstimator(dim).init_from_samples(batches.reshape(-1, dim))  # [steps * B, d]
+                estimate = cross_entropy(kernel, x_eval)
+            elif method == "knn":
+                estimate = knn_entropy(x_eval.numpy(), k=cfg.knn_k)
+            else:
+                raise ValueError(f"unknown entropy method {method!r}")
+            estimate = check_finite(estimate, method, cfg.steps)
+            rows.append(dict(dim=dim, method=method, seed=seed, truth=truth, estimate=estimate,
+                             error=estimate - truth, seconds=time.perf_counter() - start))  # fmt: skip
+    return {"rows": rows}
+
+
+def entropy_finish(cfg: EntropyConfig, seeds: list[int], outputs: list[dict], output_dir: Path) -> dict:
+    rows = sorted((r for o in outputs for r in o["rows"]), key=lambda r: (r["dim"], r["seed"]))
     summary = summarise(rows, ["dim", "method"], ["truth", "estimate", "error", "seconds"])
     write_tables(output_dir, "entropy", dict(config=asdict(cfg), seeds=seeds, rows=rows), summary)
     return {"summary": summary}
 
 
-def run_tracking(cfg: TrackingConfig, seeds: list[int], output_dir: Path) -> dict:
+def tracking_unit(cfg: TrackingConfig, seed: int) -> dict:
     truths = halving_schedule_entropies(cfg.dim, cfg.num_phases)
-    traces, rows = [], []
-    for seed in tqdm(seeds, desc="tracking", leave=False):
-        torch.manual_seed(seed)
-        gen = seed_generator(seed, 3)
-        kernel = MarginalKernel(cfg.dim, cfg.num_components, covariance=cfg.covariance)
-        kernel.init_from_samples(torch.randn(cfg.batch_size, cfg.dim, generator=gen))
-        optimizer, _ = make_optimizer(kernel, cfg.lr, 1, 1.0, cfg.tril_lr_factor)  # constant rate
-        trace = []
-        for phase in range(cfg.num_phases):
-            sampler = GaussianSampler(cfg.dim, scale=0.5 ** (phase / 2))  # covariance 2^-phase I
-            for step in range(cfg.steps_per_phase):
-                loss = kernel(
-                    sampler.sample(cfg.batch_size, gen)
-                )  # estimate on the fresh batch, before the update
-                trace.append(check_finite(loss, "tracking", phase * cfg.steps_per_phase + step))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            tail = np.array(trace[-max(1, cfg.steps_per_phase // 5) :])  # last 20% of the phase
-            rows.append(dict(seed=seed, phase=phase, truth=truths[phase], estimate=float(tail.mean()),
-                             error=float(tail.mean()) - truths[phase]))  # fmt: skip
-        traces.append(trace)
+    torch.manual_seed(seed)
+    gen = seed_generator(seed, 3)
+    kernel = MarginalKernel(cfg.dim, cfg.num_components, covariance=cfg.covariance)
+    kernel.init_from_samples(torch.randn(cfg.batch_size, cfg.dim, generator=gen))
+    optimizer, _ = make_optimizer(kernel, cfg.lr, 1, 1.0, cfg.tril_lr_factor)  # constant rate
+    trace, rows = [], []
+    bar = _progress(cfg.num_phases * cfg.steps_per_phase, f"tracking seed {seed}")
+    for phase in range(cfg.num_phases):
+        sampler = GaussianSampler(cfg.dim, scale=0.5 ** (phase / 2))  # covariance 2^-phase I
+        for step in range(cfg.steps_per_phase):
+            loss = kernel(
+                sampler.sample(cfg.batch_size, gen)
+            )  # estimate on the fresh batch, before the update
+            trace.append(check_finite(loss, "tracking", phase * cfg.steps_per_phase + step))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update()
+        tail = np.array(trace[-max(1, cfg.steps_per_phase // 5) :])  # last 20% of the phase
+        rows.append(dict(seed=seed, phase=phase, truth=truths[phase], estimate=float(tail.mean()),
+                         error=float(tail.mean()) - truths[phase]))  # fmt: skip
+    bar.close()
+    return {"rows": rows, "trace": trace}
+
+
+def tracking_finish(cfg: TrackingConfig, seeds: list[int], outputs: list[dict], output_dir: Path) -> dict:
+    truths = halving_schedule_entropies(cfg.dim, cfg.num_phases)
+    rows = [r for o in outputs for r in o["rows"]]
     summary = summarise(rows, ["phase"], ["truth", "estimate", "error"])
     write_tables(
         output_dir, "tracking", dict(config=asdict(cfg), seeds=seeds, truths=truths, rows=rows), summary
     )
-
+    traces = np.array([o["trace"] for o in outputs])  # [seeds, phases * steps_per_phase]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    steps = np.arange(len(traces[0]))
-    mean = np.mean(traces, axis=0)
-    ax.plot(
-        steps,
-        mean,
-        lw=0.8,
-        label=f"KNIFE ({cfg.covariance}, K={cfg.num_components}), mean of {len(seeds)} seeds",
-    )
-    ax.plot(steps, np.repeat(truths, cfg.steps_per_phase), "k--", lw=1, label="truth")
+    ax.plot(traces.mean(0), lw=0.8,
+            label=f"KNIFE ({cfg.covariance}, K={cfg.num_components}), mean of {len(seeds)} seeds")  # fmt: skip
+    ax.plot(np.repeat(truths, cfg.steps_per_phase), "k--", lw=1, label="truth")
     ax.set_xlabel("step")
     ax.set_ylabel("h (nats)")
     ax.set_ylim(min(truths) - 10, max(truths) + 30)
@@ -382,47 +390,51 @@ def run_tracking(cfg: TrackingConfig, seeds: list[int], output_dir: Path) -> dic
     return {"summary": summary}
 
 
-def run_triangles(cfg: TrianglesConfig, seeds: list[int], output_dir: Path) -> dict:
-    rows = []
-    plotted = None
+def triangles_unit(cfg: TrianglesConfig, seed: int, plot: bool = False) -> dict:
+    """Rows for every setting; with ``plot``, also the fitted and true 1-D densities on a grid."""
+    rows, curves = [], None
     for dim, num_triangles in cfg.settings:
-        for seed in tqdm(seeds, desc=f"triangles d={dim}", leave=False):
-            torch.manual_seed(seed)
-            sampler = TriangleMixtureSampler(dim, num_triangles, seed=seed)
-            truth = sampler.entropy
-            train_gen, eval_gen = seed_generator(seed, 4), seed_generator(seed, 5)
-            batches = sampler.sample(cfg.steps * cfg.batch_size, train_gen).view(
-                cfg.steps, cfg.batch_size, dim
-            )
-            x_eval = sampler.sample(cfg.eval_samples, eval_gen)
-            kernel = MarginalKernel(dim, cfg.num_components, covariance=cfg.covariance)
-            kernel.init_from_samples(batches[0])
-            fit_marginal(kernel, batches, cfg.lr, cfg.final_lr_fraction, f"knife triangles d={dim}")
-            estimates = {
-                "knife": cross_entropy(kernel, x_eval),
-                "doe": cross_entropy(DoEEstimator(dim).init_from_samples(batches.reshape(-1, dim)), x_eval),
-                "knn": knn_entropy(x_eval.numpy(), k=cfg.knn_k),
-            }
-            for method, estimate in estimates.items():
-                estimate = check_finite(estimate, method, cfg.steps)
-                rows.append(dict(dim=dim, num_triangles=num_triangles, method=method, seed=seed, truth=truth,
-                                 estimate=estimate, error=estimate - truth))  # fmt: skip
-            if dim == 1 and plotted is None:
-                plotted = (sampler, kernel, num_triangles)
+        torch.manual_seed(seed)
+        sampler = TriangleMixtureSampler(dim, num_triangles, seed=seed)
+        truth = sampler.entropy
+        train_gen, eval_gen = seed_generator(seed, 4), seed_generator(seed, 5)
+        batches = sampler.sample(cfg.steps * cfg.batch_size, train_gen).view(
+            cfg.steps, cfg.batch_size, dim
+        )  # [steps, B, d]
+        x_eval = sampler.sample(cfg.eval_samples, eval_gen)
+        kernel = MarginalKernel(dim, cfg.num_components, covariance=cfg.covariance)
+        kernel.init_from_samples(batches[0])
+        fit_marginal(kernel, batches, cfg.lr, cfg.final_lr_fraction, f"knife triangles d={dim}")
+        estimates = {
+            "knife": cross_entropy(kernel, x_eval),
+            "doe": cross_entropy(DoEEstimator(dim).init_from_samples(batches.reshape(-1, dim)), x_eval),
+            "knn": knn_entropy(x_eval.numpy(), k=cfg.knn_k),
+        }
+        for method, estimate in estimates.items():
+            estimate = check_finite(estimate, method, cfg.steps)
+            rows.append(dict(dim=dim, num_triangles=num_triangles, method=method, seed=seed, truth=truth,
+                             estimate=estimate, error=estimate - truth))  # fmt: skip
+        if plot and dim == 1 and curves is None:
+            grid = torch.linspace(-0.3, num_triangles + 0.3, 4000)  # [G]
+            with torch.no_grad():
+                fitted = kernel.log_prob(grid.view(-1, 1)).exp()  # [G]
+            curves = dict(grid=grid.tolist(), fitted=fitted.tolist(), true=sampler.log_prob_1d(grid).exp().tolist(),
+                          num_triangles=num_triangles, seed=seed)  # fmt: skip
+    return {"rows": rows, "curves": curves}
+
+
+def triangles_finish(cfg: TrianglesConfig, seeds: list[int], outputs: list[dict], output_dir: Path) -> dict:
+    rows = sorted((r for o in outputs for r in o["rows"]), key=lambda r: (r["dim"], r["seed"]))
     summary = summarise(rows, ["dim", "num_triangles", "method"], ["truth", "estimate", "error"])
     write_tables(output_dir, "triangles", dict(config=asdict(cfg), seeds=seeds, rows=rows), summary)
-    if plotted is not None:
-        sampler, kernel, num_triangles = plotted
+    curves = next((o["curves"] for o in outputs if o.get("curves")), None)
+    if curves is not None:
         plt = _plt()
-        t = torch.linspace(-0.3, num_triangles + 0.3, 4000)
-        with torch.no_grad():
-            fitted = kernel.log_prob(t.view(-1, 1)).exp().numpy()
-        true = sampler.log_prob_1d(t).exp().numpy()
         fig, ax = plt.subplots(figsize=(7, 3))
-        ax.fill_between(t.numpy(), true, color="0.8", label="true density")
-        ax.plot(t.numpy(), fitted, lw=1, label=f"KNIFE fit (K={cfg.num_components})")
+        ax.fill_between(curves["grid"], curves["true"], color="0.8", label="true density")
+        ax.plot(curves["grid"], curves["fitted"], lw=1, label=f"KNIFE fit (K={cfg.num_components})")
         ax.set_xlabel("x")
-        ax.set_title(f"1-D mixture of {num_triangles} triangles (seed {seeds[0]})")
+        ax.set_title(f"1-D mixture of {curves['num_triangles']} triangles (seed {curves['seed']})")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(output_dir / "triangles_1d.png", dpi=110)
@@ -494,73 +506,87 @@ def _level_stats(values: np.ndarray, truth: float) -> dict:
     )
 
 
-def run_staircase(cfg: StaircaseConfig, seeds: list[int], output_dir: Path) -> dict:
-    trained = [e for e in cfg.estimators if e in ("knife", "knife_gauss", *VARIATIONAL_ESTIMATORS)]
-    closed = [e for e in cfg.estimators if e in ("ksg", "doe")]
+def _staircase_estimators(cfg: StaircaseConfig) -> tuple[list[str], list[str]]:
+    """``(trained, closed_form)`` estimator names of the configuration, checked."""
     unknown = set(cfg.estimators) - set(STAIRCASE_ESTIMATORS)
     if unknown:
         raise ValueError(
             f"unknown staircase estimators {sorted(unknown)}; choose from {STAIRCASE_ESTIMATORS}"
         )
-    n = cfg.steps_per_level
-    burn = int(cfg.burn_in_fraction * n)
+    trained = [e for e in cfg.estimators if e in ("knife", "knife_gauss", *VARIATIONAL_ESTIMATORS)]
+    return trained, [e for e in cfg.estimators if e in ("ksg", "doe")]
+
+
+def staircase_unit(cfg: StaircaseConfig, kind: str, seed: int, estimator: str) -> dict:
+    """One trained estimator through all levels on one seed's stream, or (``estimator="closed_form"``) KSG and DoE
+    once per level on fresh samples. Returns rows and, for a trained estimator, the per-step trace."""
+    samplers = [CorrelatedPairSampler(kind, cfg.dim, mi) for mi in cfg.levels]
+    truths = [s.mutual_information for s in samplers]
+    if estimator == "closed_form":
+        rows = []
+        for name in _staircase_estimators(cfg)[1]:
+            for level, (sampler, truth) in enumerate(zip(samplers, truths, strict=True)):
+                x, y = sampler.sample(cfg.ksg_samples, seed_generator(seed, 100 + level))
+                start = time.perf_counter()
+                if name == "ksg":
+                    estimate = ksg_mutual_information(x.numpy(), y.numpy(), k=cfg.ksg_k)
+                else:
+                    estimate = doe_mutual_information(x, y)
+                estimate = check_finite(estimate, f"{kind}/{name}", level)
+                rows.append(dict(kind=kind, estimator=name, seed=seed, level=cfg.levels[level], truth=truth,
+                                 estimate=estimate, bias=estimate - truth, variance=None,
+                                 mse=(estimate - truth) ** 2, seconds=time.perf_counter() - start))  # fmt: skip
+        return {"rows": rows}
+
+    n, burn = cfg.steps_per_level, int(cfg.burn_in_fraction * cfg.steps_per_level)
+    gen = seed_generator(seed, 6)
+    # one stream of batches per level, the same for every estimator of this seed
+    level_batches = [s.sample(n * cfg.batch_size, gen) for s in samplers]  # per level: ([n*B, d], [n*B, d])
+    torch.manual_seed(seed)
+    x0, y0 = level_batches[0][0][: cfg.batch_size], level_batches[0][1][: cfg.batch_size]
+    reference = tuple(v[: cfg.reference_samples] for v in level_batches[0])  # the first batches seen
+    model, optimizer = _make_mi_estimator(estimator, cfg, x0, y0, reference)
+    trace = np.empty(len(cfg.levels) * n, dtype=np.float32)
+    bar = _progress(len(cfg.levels) * n, f"{kind} {estimator} seed {seed}")
+    start = time.perf_counter()
+    for level, (x_all, y_all) in enumerate(level_batches):
+        for step in range(n):
+            batch = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+            out = model(x_all[batch], y_all[batch])
+            global_step = level * n + step
+            check_finite(out.loss, f"{kind}/{estimator}", global_step)
+            trace[global_step] = check_finite(out.mutual_information, f"{kind}/{estimator}", global_step)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            bar.update()
+    bar.close()
+    seconds = time.perf_counter() - start
+    rows = []
+    for level, truth in enumerate(truths):
+        values = trace[level * n : (level + 1) * n].astype(np.float64)
+        stats, stats_all = _level_stats(values[burn:], truth), _level_stats(values, truth)
+        rows.append(dict(kind=kind, estimator=estimator, seed=seed, level=cfg.levels[level], truth=truth,
+                         estimate=float(values[burn:].mean()), **stats, bias_all_steps=stats_all["bias"],
+                         mse_all_steps=stats_all["mse"], seconds=seconds / len(truths)))  # fmt: skip
+    return {"rows": rows, "trace": trace}
+
+
+def staircase_units(cfg: StaircaseConfig, seeds: list[int]) -> list[tuple]:
+    trained, closed = _staircase_estimators(cfg)
+    names = trained + (["closed_form"] if closed else [])
+    return [(kind, seed, name) for kind in cfg.kinds for seed in seeds for name in names]
+
+
+def staircase_finish(cfg: StaircaseConfig, seeds: list[int], outputs: list[dict], output_dir: Path) -> dict:
     results = {}
     for kind in cfg.kinds:
-        samplers = [CorrelatedPairSampler(kind, cfg.dim, mi) for mi in cfg.levels]
-        truths = [s.mutual_information for s in samplers]
-        traces = {name: [] for name in trained}  # name -> per seed [levels * n]
-        rows = []
-        for seed in seeds:
-            gen = seed_generator(seed, 6)
-            # one stream of batches per level, shared by every estimator
-            level_batches = [s.sample(n * cfg.batch_size, gen) for s in samplers]
-            for name in trained:
-                torch.manual_seed(seed)
-                x0, y0 = level_batches[0][0][: cfg.batch_size], level_batches[0][1][: cfg.batch_size]
-                reference = tuple(v[: cfg.reference_samples] for v in level_batches[0])  # first batches seen
-                model, optimizer = _make_mi_estimator(name, cfg, x0, y0, reference)
-                trace = np.empty(len(cfg.levels) * n, dtype=np.float32)
-                bar = tqdm(
-                    total=len(cfg.levels) * n, desc=f"{kind} {name} seed {seed}", leave=False, mininterval=2
-                )
-                start = time.perf_counter()
-                for level, (x_all, y_all) in enumerate(level_batches):
-                    for step in range(n):
-                        sl = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
-                        out = model(x_all[sl], y_all[sl])
-                        global_step = level * n + step
-                        loss = out.loss
-                        check_finite(loss, f"{kind}/{name}", global_step)
-                        trace[global_step] = check_finite(
-                            out.mutual_information, f"{kind}/{name}", global_step
-                        )
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                        bar.update()
-                bar.close()
-                seconds = time.perf_counter() - start
-                traces[name].append(trace)
-                for level, truth in enumerate(truths):
-                    values = trace[level * n : (level + 1) * n].astype(np.float64)
-                    stats = _level_stats(values[burn:], truth)
-                    stats_all = _level_stats(values, truth)
-                    rows.append(dict(kind=kind, estimator=name, seed=seed, level=cfg.levels[level], truth=truth,
-                                     estimate=float(values[burn:].mean()), **stats,
-                                     bias_all_steps=stats_all["bias"], mse_all_steps=stats_all["mse"],
-                                     seconds=seconds / len(truths)))  # fmt: skip
-            for name in closed:
-                for level, (sampler, truth) in enumerate(zip(samplers, truths, strict=False)):
-                    x, y = sampler.sample(cfg.ksg_samples, seed_generator(seed, 100 + level))
-                    start = time.perf_counter()
-                    if name == "ksg":
-                        estimate = ksg_mutual_information(x.numpy(), y.numpy(), k=cfg.ksg_k)
-                    else:
-                        estimate = doe_mutual_information(x, y)
-                    estimate = check_finite(estimate, f"{kind}/{name}", level)
-                    rows.append(dict(kind=kind, estimator=name, seed=seed, level=cfg.levels[level], truth=truth,
-                                     estimate=estimate, bias=estimate - truth, variance=None,
-                                     mse=(estimate - truth) ** 2, seconds=time.perf_counter() - start))  # fmt: skip
+        truths = [CorrelatedPairSampler(kind, cfg.dim, mi).mutual_information for mi in cfg.levels]
+        rows = [r for o in outputs for r in o["rows"] if r["kind"] == kind]
+        traces: dict[str, list] = {}  # estimator -> per seed (in seed order) [levels * steps_per_level]
+        for o in outputs:
+            if "trace" in o and o["rows"][0]["kind"] == kind:
+                traces.setdefault(o["rows"][0]["estimator"], []).append(o["trace"])
         summary = _staircase_summary(rows)
         payload = dict(config=asdict(cfg), kind=kind, seeds=seeds, truths=truths, rows=rows,
                        definitions=dict(
@@ -637,40 +663,44 @@ def _plot_staircase(
     plt.close(fig)
 
 
-def run_discrete(cfg: DiscreteConfig, seeds: list[int], output_dir: Path) -> dict:
+def discrete_unit(cfg: DiscreteConfig, seed: int) -> dict:
     rows = []
     for num_classes in cfg.class_counts:
-        for seed in tqdm(seeds, desc=f"discrete C={num_classes}", leave=False):
-            torch.manual_seed(seed)
-            sampler = GaussianMixtureClassSampler(num_classes, cfg.dim, cfg.separation, seed=seed)
-            truth = sampler.mutual_information(cfg.truth_samples, seed=10_000 + seed)
-            gen, eval_gen = seed_generator(seed, 7), seed_generator(seed, 8)
-            model = KNIFEEstimator(cfg.dim, num_classes=num_classes, num_components=cfg.num_components,
-                                   covariance=cfg.covariance)  # fmt: skip
-            z0, s0 = sampler.sample(cfg.batch_size * 4, gen)
-            model.init_from_samples(z0, s0)
-            optimizer, scheduler = make_optimizer(
-                model, cfg.lr, cfg.steps, cfg.final_lr_fraction, cfg.tril_lr_factor
-            )
-            for step in range(cfg.steps):
-                z, s = sampler.sample(cfg.batch_size, gen)
-                out = model(z, s)
-                check_finite(out.loss, f"discrete C={num_classes}", step)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
-                scheduler.step()
-            z, s = sampler.sample(cfg.eval_samples, eval_gen)
-            with torch.no_grad():
-                marginal_nll, conditional_nll = model.pointwise(z, s)
-            estimates = {
-                "knife": float((marginal_nll - conditional_nll).mean()),
-                "doe": doe_mutual_information(z, s),
-            }
-            for method, estimate in estimates.items():
-                estimate = check_finite(estimate, method, cfg.steps)
-                rows.append(dict(num_classes=num_classes, method=method, seed=seed, truth=truth.value,
-                                 truth_stderr=truth.stderr, estimate=estimate, error=estimate - truth.value))  # fmt: skip
+        torch.manual_seed(seed)
+        sampler = GaussianMixtureClassSampler(num_classes, cfg.dim, cfg.separation, seed=seed)
+        truth = sampler.mutual_information(cfg.truth_samples, seed=10_000 + seed)
+        gen, eval_gen = seed_generator(seed, 7), seed_generator(seed, 8)
+        model = KNIFEEstimator(cfg.dim, num_classes=num_classes, num_components=cfg.num_components,
+                               covariance=cfg.covariance)  # fmt: skip
+        z0, s0 = sampler.sample(cfg.batch_size * 4, gen)
+        model.init_from_samples(z0, s0)
+        optimizer, scheduler = make_optimizer(
+            model, cfg.lr, cfg.steps, cfg.final_lr_fraction, cfg.tril_lr_factor
+        )
+        for step in range(cfg.steps):
+            z, s = sampler.sample(cfg.batch_size, gen)
+            out = model(z, s)
+            check_finite(out.loss, f"discrete C={num_classes}", step)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            scheduler.step()
+        z, s = sampler.sample(cfg.eval_samples, eval_gen)
+        with torch.no_grad():
+            marginal_nll, conditional_nll = model.pointwise(z, s)  # [N], [N]
+        estimates = {
+            "knife": float((marginal_nll - conditional_nll).mean()),
+            "doe": doe_mutual_information(z, s),
+        }
+        for method, estimate in estimates.items():
+            estimate = check_finite(estimate, method, cfg.steps)
+            rows.append(dict(num_classes=num_classes, method=method, seed=seed, truth=truth.value,
+                             truth_stderr=truth.stderr, estimate=estimate, error=estimate - truth.value))  # fmt: skip
+    return {"rows": rows}
+
+
+def discrete_finish(cfg: DiscreteConfig, seeds: list[int], outputs: list[dict], output_dir: Path) -> dict:
+    rows = sorted((r for o in outputs for r in o["rows"]), key=lambda r: (r["num_classes"], r["seed"]))
     summary = summarise(rows, ["num_classes", "method"], ["truth", "truth_stderr", "estimate", "error"])
     write_tables(output_dir, "discrete", dict(config=asdict(cfg), seeds=seeds, rows=rows), summary)
     return {"summary": summary}
@@ -723,30 +753,37 @@ def _targets_section(output_dir: Path) -> list[str]:
     return out + [""]
 
 
+def _run_cost(run: dict) -> str:
+    """The cost column of a ``runs.jsonl`` record: wall time and core-seconds (older records: seconds each)."""
+    if run.get("wall_seconds") is None:  # records of the first sessions: several processes shared 2 cores
+        return ", ".join(f"{k} {v:.0f} s" for k, v in run["seconds"].items()) + " (shared, loaded machine)"
+    core = ", ".join(f"{k} {v:,.0f}" for k, v in run["seconds"].items())
+    return f"wall {run['wall_seconds']:,.0f} s on {run['jobs']} process(es); core-seconds: {core}"
+
+
 def write_report(output_dir: Path) -> Path:
     """Render the JSON tables found in ``output_dir`` as ``README_section.md`` (markdown tables + plots)."""
     lines = ["## Synthetic validation (KNIFE paper §3)", ""]
     runs = (
-        (output_dir / "runs.jsonl").read_text().strip().splitlines()
+        [json.loads(line) for line in (output_dir / "runs.jsonl").read_text().strip().splitlines()]
         if (output_dir / "runs.jsonl").exists()
         else []
     )
     if runs:
-        lines += [
-            "Produced by these commands (one torch thread each; the wall times were measured on a shared 2-core "
-            "machine running several processes at once, load average 5-11, so they overstate the cost):",
-            "",
-            "```",
-        ]
-        for line in runs:
-            run = json.loads(line)
-            lines.append(
-                f"{run['command']}    # {', '.join(f'{k} {v:.0f} s' for k, v in run['seconds'].items())}"
-            )
+        lines += ["Produced by these commands (the files of a later command replace those of an earlier one):", "",
+                  "```"]  # fmt: skip
+        lines += [f"{run['command']}    # {_run_cost(run)}" for run in runs]
         lines += ["```", ""]
-        notes = [json.loads(line).get("note") for line in runs]
-        lines += [f"- `{json.loads(line)['command']}`: {n}" for line, n in zip(runs, notes) if n]
-        lines += [""] if any(notes) else []
+        lines += [f"- `{run['command']}`: {run['note']}" for run in runs if run.get("note")]
+        lines += [""] if any(run.get("note") for run in runs) else []
+        full = [run for run in runs if run.get("wall_seconds") and len(run["experiments"]) == len(EXPERIMENTS)
+                and not run["quick"] and run["seeds"] == {n: list(range(PROTOCOL_SEEDS[n])) for n in EXPERIMENTS}]  # fmt: skip
+        if full:
+            run = full[-1]
+            lines += [f"**Full run:** the whole protocol ({', '.join(f'{n} {len(s)} seeds' for n, s in run['seeds'].items())}) "
+                      f"took **{run['wall_seconds']:,.0f} s ({run['wall_seconds'] / 60:.0f} min) wall** with "
+                      f"`--jobs {run['jobs']}` on this 2-core machine, {sum(run['seconds'].values()):,.0f} core-seconds "
+                      "in all.", ""]  # fmt: skip
     lines += _targets_section(output_dir)
     data = _load(output_dir, "entropy")
     if data:
@@ -817,12 +854,12 @@ def write_report(output_dir: Path) -> Path:
                          f"{cells['knife']['error_std']:.3f} | {cells['doe']['error_mean']:+.3f} ± {cells['doe']['error_std']:.3f} |")  # fmt: skip
         lines.append("")
     lines += [
-        "The full protocol of issue 5 (20 seeds everywhere) is `python recipes/synthetic.py all --seeds $(seq 0 19)`. "
-        "From per-step times measured on an idle core (KNIFE MI 29 ms, full-covariance d = 64 kernel 31 ms, "
-        "InfoNCE 14 ms, MINE / NWJ ~15-24 ms, CLUB 3 ms per step; KSG 11 s per level) one seed of everything costs "
-        "about one core-hour, 90% of it the staircase, so the full run is about 20 core-hours: about 10 hours on "
-        "2 cores with two processes (e.g. `--kinds` split across them). The tables above are the subset that fit "
-        "the time available; each table states its seeds and steps.",
+        "The full protocol runs 20 seeds of every experiment except the staircase, which runs 3: one (kind, seed) "
+        "of it costs about 12 core-minutes (six trained estimators x 5 levels x 2,000 steps; per-step times on one "
+        "idle core: KNIFE 18 ms, InfoNCE 11, MINE 10, NWJ 11, CLUB 1 ms; KSG 5.5 s per level), so 20 seeds of the "
+        "three kinds would take about 12 core-hours (6 h with `--jobs 2`). `--seeds` sets any other count; the KNIFE "
+        "Gaussian staircase was also run with 20 seeds (the `knife_seeds*` tables). Units are seeded independently, "
+        "so `--jobs` changes the wall time, not the numbers.",
         "",
         "Notes on the protocol:",
         "",
@@ -856,22 +893,125 @@ def write_report(output_dir: Path) -> Path:
     return path
 
 
-RUNNERS = {
-    "entropy": (run_entropy, EntropyConfig),
-    "tracking": (run_tracking, TrackingConfig),
-    "triangles": (run_triangles, TrianglesConfig),
-    "staircase": (run_staircase, StaircaseConfig),
-    "discrete": (run_discrete, DiscreteConfig),
+# ----------------------------------------------------------------------------------------------------------------
+# driver: units of every requested experiment go to one pool (longest first), each experiment finishes when its
+# units are done
+
+
+@dataclass(frozen=True)
+class Experiment:
+    config_cls: type
+    unit: Callable[..., dict]  # unit(cfg, *args) -> {"rows": [...], ...}
+    finish: Callable[[object, list[int], list[dict], Path], dict]
+    units: Callable[[object, list[int]], list[tuple]] = lambda cfg, seeds: [(seed,) for seed in seeds]
+    cost: Callable[[tuple], float] = lambda args: 1.0  # relative core-seconds of a unit, for scheduling
+
+
+_STAIRCASE_UNIT_COST = {"knife": 180.0, "knife_gauss": 180.0, "club": 10.0, "closed_form": 30.0}
+EXPERIMENT_REGISTRY: dict[str, Experiment] = {
+    "entropy": Experiment(EntropyConfig, entropy_unit, entropy_finish, cost=lambda args: 14.0),
+    "tracking": Experiment(TrackingConfig, tracking_unit, tracking_finish, cost=lambda args: 70.0),
+    "triangles": Experiment(
+        TrianglesConfig,
+        triangles_unit,
+        triangles_finish,
+        units=lambda cfg, seeds: [(seed, seed == seeds[0]) for seed in seeds],
+        cost=lambda args: 13.0,
+    ),
+    "staircase": Experiment(
+        StaircaseConfig,
+        staircase_unit,
+        staircase_finish,
+        units=staircase_units,
+        cost=lambda args: _STAIRCASE_UNIT_COST.get(args[2], 105.0),
+    ),
+    "discrete": Experiment(DiscreteConfig, discrete_unit, discrete_finish, cost=lambda args: 10.0),
 }
+# seeds of the full protocol (`all` without --seeds); the staircase costs ~12 core-minutes per (kind, seed)
+PROTOCOL_SEEDS = {"entropy": 20, "tracking": 20, "triangles": 20, "staircase": 3, "discrete": 20}
+
+_SHOW_UNIT_PROGRESS = True  # per-unit step bars; off in worker processes, where only the parent's bar shows
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, leave=False, mininterval=2, disable=not _SHOW_UNIT_PROGRESS)
+
+
+def _init_worker(threads: int) -> None:
+    global _SHOW_UNIT_PROGRESS
+    _SHOW_UNIT_PROGRESS = False
+    torch.set_num_threads(threads)
+
+
+def _timed_unit(unit: Callable[..., dict], cfg: object, args: tuple) -> dict:
+    start = time.perf_counter()
+    result = unit(cfg, *args)
+    return dict(result, seconds=time.perf_counter() - start)
+
+
+class _InlineExecutor:
+    """``submit`` runs at once in this process (``--jobs 1``): same code path as the worker pool."""
+
+    def submit(self, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __enter__(self) -> _InlineExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def run_experiments(
+    configs: dict[str, object], seeds: dict[str, list[int]], output_dir: Path, jobs: int = 1, threads: int = 1
+) -> tuple[dict, dict[str, float]]:
+    """Run every unit of the named experiments on ``jobs`` processes; finish each experiment in turn.
+
+    Returns ``(results by experiment, core-seconds by experiment)``. With ``jobs == 1`` the units run in order
+    in this process; otherwise in ``jobs`` fresh (spawned) processes of ``threads`` torch threads each, the
+    costliest units first. Results are identical either way: every unit seeds its own generators.
+    """
+    work = [(name, index, args) for name, cfg in configs.items()
+            for index, args in enumerate(EXPERIMENT_REGISTRY[name].units(cfg, seeds[name]))]  # fmt: skip
+    if jobs > 1:
+        work.sort(key=lambda item: -EXPERIMENT_REGISTRY[item[0]].cost(item[2]))
+        executor = ProcessPoolExecutor(
+            jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(threads,),
+        )
+    else:
+        executor = _InlineExecutor()
+    results, core_seconds = {}, {}
+    futures: dict[str, dict[int, Future]] = {name: {} for name in configs}
+    with executor, tqdm(total=len(work), desc="synthetic units", disable=jobs == 1) as bar:
+        for name, index, args in work:
+            future = executor.submit(_timed_unit, EXPERIMENT_REGISTRY[name].unit, configs[name], args)
+            future.add_done_callback(lambda _: bar.update())
+            futures[name][index] = future
+        for name, cfg in configs.items():
+            outputs = [
+                futures[name][i].result() for i in sorted(futures[name])
+            ]  # unit order, whatever the schedule
+            core_seconds[name] = round(sum(o["seconds"] for o in outputs), 1)
+            results[name] = EXPERIMENT_REGISTRY[name].finish(cfg, seeds[name], outputs, output_dir)
+            print(f"[synthetic] {name}: {core_seconds[name]:.0f} core-seconds -> {output_dir}", flush=True)
+    return results, core_seconds
 
 
 @dataclass
 class RunRecord:
     command: str
     experiments: list[str]
-    seeds: list[int]
+    seeds: dict[str, list[int]]
     quick: bool
-    seconds: dict = field(default_factory=dict)
+    jobs: int = 1
+    threads: int = 1
+    seconds: dict = field(default_factory=dict)  # core-seconds per experiment (sum over its units)
+    wall_seconds: float | None = None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -883,7 +1023,10 @@ def main(argv: list[str] | None = None) -> dict:
         choices=[*EXPERIMENTS, "all", "report"],
         help="an experiment, all of them, or 'report' (render README_section.md from the tables)",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--seeds", type=int, nargs="+",
+        help=f"seeds of every experiment (default: the protocol's first N seeds, N = {PROTOCOL_SEEDS})",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds per experiment)")
     parser.add_argument("--output_dir", type=Path, default=Path("results/synthetic"))
     parser.add_argument("--kinds", nargs="+", choices=PAIR_KINDS, help="staircase: pair kinds (default all)")
@@ -892,8 +1035,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--levels", type=float, nargs="+", help="staircase: override the MI levels (nats)")
     parser.add_argument("--tag", default="", help="staircase: suffix of the output file names")
     parser.add_argument("--dims", type=int, nargs="+", help="entropy: override the dimensions")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="worker processes; units (seeds, staircase estimators) are spread over them (default 1: in-process)",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     args = parser.parse_args(argv)
+    if args.jobs < 1 or args.threads < 1:
+        parser.error(f"--jobs and --threads must be >= 1, got {args.jobs} and {args.threads}")
 
     torch.set_num_threads(args.threads)
     if args.experiment == "report":
@@ -901,32 +1050,32 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     quick = quick_configs() if args.quick else {}
-    record = RunRecord(" ".join(["python recipes/synthetic.py", *(argv if argv is not None else sys.argv[1:])]),
-                       experiments, args.seeds, args.quick)  # fmt: skip
-    results = {}
+    configs = {}
     for name in experiments:
-        runner, config_cls = RUNNERS[name]
-        cfg = quick.get(name, config_cls())
+        cfg = quick.get(name, EXPERIMENT_REGISTRY[name].config_cls())
         if name == "staircase":
-            if args.kinds:
-                cfg.kinds = tuple(args.kinds)
-            if args.estimators:
-                cfg.estimators = tuple(args.estimators)
-            if args.steps_per_level:
-                cfg.steps_per_level = args.steps_per_level
-            if args.levels:
-                cfg.levels = tuple(args.levels)
-            if args.tag:
-                cfg.tag = args.tag
+            cfg.kinds = tuple(args.kinds) if args.kinds else cfg.kinds
+            cfg.estimators = tuple(args.estimators) if args.estimators else cfg.estimators
+            cfg.steps_per_level = args.steps_per_level or cfg.steps_per_level
+            cfg.levels = tuple(args.levels) if args.levels else cfg.levels
+            cfg.tag = args.tag or cfg.tag
+            _staircase_estimators(cfg)  # unknown names fail now, not after the other experiments
         if name == "entropy" and args.dims:
             cfg.dims = tuple(args.dims)
-        start = time.perf_counter()
-        results[name] = runner(cfg, args.seeds, args.output_dir)
-        record.seconds[name] = round(time.perf_counter() - start, 1)
-        print(f"[synthetic] {name}: {record.seconds[name]} s -> {args.output_dir}", flush=True)
+        configs[name] = cfg
+    seeds = {
+        name: list(args.seeds) if args.seeds else list(range(PROTOCOL_SEEDS[name])) for name in experiments
+    }
+    record = RunRecord(" ".join(["python recipes/synthetic.py", *(argv if argv is not None else sys.argv[1:])]),
+                       experiments, seeds, args.quick, args.jobs, args.threads)  # fmt: skip
+    start = time.perf_counter()
+    results, record.seconds = run_experiments(configs, seeds, args.output_dir, args.jobs, args.threads)
+    record.wall_seconds = round(time.perf_counter() - start, 1)
+    print(
+        f"[synthetic] done in {record.wall_seconds:.0f} s wall ({args.jobs} process(es)) -> {args.output_dir}"
+    )
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    log = args.output_dir / "runs.jsonl"
-    with log.open("a") as f:
+    with (args.output_dir / "runs.jsonl").open("a") as f:
         f.write(json.dumps(asdict(record)) + "\n")
     return results
 

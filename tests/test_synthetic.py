@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -298,6 +300,26 @@ def test_quick_discrete(quick_results):
         if row["method"] == "knife":
             assert abs(row["error"]) < 0.2, row
         assert row["truth"] <= math.log(row["num_classes"])
+
+
+def test_jobs_spread_units_over_processes_with_identical_results(quick_results, tmp_path):
+    """``--jobs 2`` (spawned workers, costliest units first) writes the rows of the in-process run, bit for bit."""
+    _, out, _ = quick_results
+    command = [sys.executable, str(RECIPE), "all", "--quick", "--seeds", "0", "--jobs", "2", "--output_dir",
+               str(tmp_path)]  # fmt: skip
+    subprocess.run(
+        command, check=True, capture_output=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300
+    )
+    for name in ("entropy", "tracking", "triangles", "staircase_gaussian", "discrete"):
+        serial, parallel = _rows(out, name), _rows(tmp_path, name)
+        assert len(serial) == len(parallel) > 0
+        for a, b in zip(serial, parallel, strict=True):
+            a.pop("seconds", None), b.pop("seconds", None)
+            assert a == b, name
+    record = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])
+    assert (
+        record["jobs"] == 2 and record["wall_seconds"] > 0 and set(record["seconds"]) == set(record["seeds"])
+    )
 
 
 def test_non_finite_raises():
