@@ -855,11 +855,12 @@ def write_report(output_dir: Path) -> Path:
         lines.append("")
     lines += [
         "The full protocol runs 20 seeds of every experiment except the staircase, which runs 3: one (kind, seed) "
-        "of it costs about 12 core-minutes (six trained estimators x 5 levels x 2,000 steps; per-step times on one "
-        "idle core: KNIFE 18 ms, InfoNCE 11, MINE 10, NWJ 11, CLUB 1 ms; KSG 5.5 s per level), so 20 seeds of the "
-        "three kinds would take about 12 core-hours (6 h with `--jobs 2`). `--seeds` sets any other count; the KNIFE "
-        "Gaussian staircase was also run with 20 seeds (the `knife_seeds*` tables). Units are seeded independently, "
-        "so `--jobs` changes the wall time, not the numbers.",
+        "of it costs about 14 core-minutes (six trained estimators x 5 levels x 2,000 steps; 7,728 core-seconds for "
+        "the 9 pairs of the full run; per-step times on one idle core: KNIFE 18 ms, InfoNCE 11, MINE 10, NWJ 11, "
+        "CLUB 1 ms; KSG 5.5 s per level), so 20 seeds of the three kinds would take about 14 core-hours (7 h with "
+        "`--jobs 2`). `--seeds` sets any other count; the KNIFE Gaussian staircase was also run with 20 seeds (the "
+        "`knife_seeds*` tables). Units are seeded independently, so `--jobs` changes the wall time, not the "
+        "numbers (tested).",
         "",
         "Notes on the protocol:",
         "",
@@ -875,9 +876,11 @@ def write_report(output_dir: Path) -> Path:
         "biases the issue measured with the paper's own code (KSG -1.5 at 2 nats to -7.7 at 10; InfoNCE "
         "saturating near log 128).",
         "- The correlated-uniform staircase has no target; every estimator, KNIFE included, underestimates it "
-        "by 1-9 nats in the 500-steps-per-level run (much of its MI sits in the hard edges of the support).",
-        "- CLUB is an upper bound: with the exact Gaussian conditional its value is `sum_j rho^2 / (1 - rho^2)` "
-        "(4.4 nats at I = 2, 34 nats at I = 10 for d = 20), so its large positive bias is the bound's gap.",
+        "(table above; much of its MI sits in the hard edges of the support, which Gaussian kernels and smooth "
+        "critics blur).",
+        "- CLUB is an upper bound only when its Gaussian q(y|x) is exact: on Gaussian pairs its value is "
+        "`sum_j rho^2 / (1 - rho^2)` (4.4 nats at I = 2, 34 nats at I = 10 for d = 20), so its large positive "
+        "bias is the bound's gap; on the uniform pairs, where q is misspecified, it falls below the truth.",
         "- `knife_gauss`: the same KNIFE on `(g(X), g'(Y))`, where `g`, `g'` are fixed, strictly increasing maps "
         "per coordinate (`Phi^-1` of the empirical CDF of the first 8,192 samples of the stream, the copula "
         "transform). MI is invariant under such maps; they remove the heavy tails of `Y^3` and the hard edges of "
