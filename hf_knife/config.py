@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .estimators.functional import COVARIANCE_TYPES
+from .estimators.mutual_information import FIT_OBJECTIVES
 
 __all__ = [
     "KNIFE_CONFIG_NAME",
@@ -166,6 +167,13 @@ class KNIFEConfig:
         metadata=_help("discrete S: 'mixture' estimates h(Z) with the mixture of the class kernels weighted by the "
                        "class frequencies (I(Z;S) <= H(S), low variance); 'kernel' fits a separate marginal KNIFE"),
     )  # fmt: skip
+    discrete_fit: str = field(
+        default="likelihood",
+        metadata=_help("discrete S with the 'mixture' marginal: how the class kernels are fitted. 'likelihood': "
+                       "h(Z) + h(Z|S), both NLLs (the KNIFE fit); 'posterior': the cross-entropy of the class "
+                       "posterior q(s|z), i.e. maximise the estimate I(Z;S) = H(S) - CE (a Barber-Agakov bound), "
+                       "the objective an adversary is trained on"),
+    )  # fmt: skip
     positive_part: bool = field(
         default=True,
         metadata=_help("mutual_information: penalise mean_n max(0, pointwise MI) instead of its mean, so the model "
@@ -215,6 +223,12 @@ class KNIFEConfig:
         _check_choice(self.entropy_direction, "entropy_direction", ENTROPY_DIRECTIONS)
         _check_choice(self.ib_estimator, "ib_estimator", IB_ESTIMATORS)
         _check_choice(self.discrete_marginal, "discrete_marginal", DISCRETE_MARGINALS)
+        _check_choice(self.discrete_fit, "discrete_fit", tuple(FIT_OBJECTIVES))
+        if self.discrete_fit != "likelihood" and self.discrete_marginal != "mixture":
+            raise ValueError(
+                f"discrete_fit={self.discrete_fit!r} needs discrete_marginal='mixture' (the posterior of a separate "
+                f"marginal kernel is not normalised), got discrete_marginal={self.discrete_marginal!r}"
+            )
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)):
             raise ValueError(f"weight must be a number >= 0, got {self.weight!r}")
         if math.isnan(self.weight) or math.isinf(self.weight) or self.weight < 0:

@@ -395,7 +395,7 @@ class MutualInformationPenalty(KNIFEPenalty):
                 )
             if config.discrete_marginal == "mixture":
                 self.estimator = MixtureMIEstimator(
-                    self.dim, config.num_sensitive_classes, **self.kernel_options()
+                    self.dim, config.num_sensitive_classes, fit=config.discrete_fit, **self.kernel_options()
                 )
             else:
                 self.estimator = KNIFEEstimator(
@@ -453,13 +453,16 @@ class MutualInformationPenalty(KNIFEPenalty):
             with torch.no_grad():  # which samples have a positive pointwise MI (invariant to standardisation)
                 pointwise = conditional.log_prob(z, sensitive) - marginal_log_prob(z)  # [B]
             scale = scale * (pointwise > 0)
-        marginal_nll = -marginal_log_prob(_scale_rows(z, scale))  # [B]: estimator fits, z gets +w * grad h
+        # the estimator gets the gradient of its fitting loss a h(Z) + b h(Z|S); the rows of z are scaled so that
+        # z gets w * grad (h(Z) - h(Z|S)) whatever (a, b) are
+        a, b = getattr(self.estimator, "fit_coefficients", (1.0, 1.0))
+        marginal_nll = -marginal_log_prob(_scale_rows(z, scale / a))  # [B]: z gets +w * grad h
         conditional_nll = -conditional.log_prob(
-            _scale_rows(z, -scale), sensitive
+            _scale_rows(z, -scale / b), sensitive
         )  # [B]: z gets -w * grad h(.|S)
         h_marginal, h_conditional = marginal_nll.mean(), conditional_nll.mean()
         mutual_information = h_marginal - h_conditional
-        fit = h_marginal + h_conditional
+        fit = a * h_marginal + b * h_conditional
         penalty = (
             (marginal_nll - conditional_nll).clamp_min(0).mean()
             if self.config.positive_part

@@ -47,6 +47,11 @@ def test_registries_list_builtins():
         (dict(bandwidth_bounds=[1.0, 0.1]), "bandwidth_bounds must be [min, max]"),
         (dict(num_sensitive_classes=1), "num_sensitive_classes must be >= 2"),
         (dict(estimator_lr=0.0), "estimator_lr must be a finite number > 0"),
+        (dict(discrete_fit="ce"), "unknown discrete_fit 'ce'; expected one of 'likelihood', 'posterior'"),
+        (
+            dict(discrete_fit="posterior", discrete_marginal="kernel"),
+            "discrete_fit='posterior' needs discrete_marginal='mixture'",
+        ),
     ],
 )
 def test_bad_values_raise_clear_errors(kwargs, message):

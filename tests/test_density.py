@@ -258,6 +258,45 @@ def test_knife_estimator_output_is_raw_difference(discrete):
     torch.testing.assert_close(out.marginal_entropy, estimator.marginal(x))
 
 
+@pytest.mark.parametrize("fit", ["likelihood", "posterior"])
+def test_mixture_mi_estimator_fitting_losses(fit):
+    """Oracles: the mixture marginal is sum_s p(s) N-mixture(x | s) (torch.distributions), the MI is
+    mean log q(s_n | x_n) / p(s_n), and the fitting loss is the sum of both NLLs (likelihood) or the cross-entropy
+    of the class posterior minus mean log p(s_n) (posterior)."""
+    from hf_knife import MixtureMIEstimator
+
+    torch.manual_seed(11)
+    x, s = torch.randn(40, 2).double(), torch.randint(0, 3, (40,))
+    estimator = MixtureMIEstimator(2, 3, fit=fit, num_components=2).double().init_from_samples(x, s)
+    out = estimator(x, s)
+    class_log_probs = torch.stack(
+        [
+            MixtureSameFamily(
+                Categorical(logits=kernel_logits),
+                MultivariateNormal(loc, precision_matrix=torch.diag_embed((2 * log_diag).exp())),
+            ).log_prob(x)
+            for kernel_logits, loc, log_diag in zip(
+                estimator.conditional.mixture_logits,
+                estimator.conditional.loc,
+                estimator.conditional.log_diag,
+            )
+        ],
+        dim=1,
+    )  # [B, C]
+    log_prior = estimator.log_prior.double()
+    log_marginal = torch.logsumexp(class_log_probs + log_prior, dim=1)  # [B]
+    log_conditional = class_log_probs.gather(1, s.unsqueeze(1)).squeeze(1)  # [B]
+    torch.testing.assert_close(out.mutual_information, (log_conditional - log_marginal).mean())
+    if fit == "likelihood":
+        expected = -log_marginal.mean() - log_conditional.mean()
+    else:
+        posterior_ce = torch.nn.functional.cross_entropy(class_log_probs + log_prior, s)
+        expected = posterior_ce + log_prior[s].mean()
+    torch.testing.assert_close(out.loss, expected)
+    with pytest.raises(ValueError, match="fit must be one of"):
+        MixtureMIEstimator(2, 3, fit="adversarial")
+
+
 @pytest.mark.parametrize("cls,args", [(MarginalKernel, (4,)), (DiscreteConditionalKernel, (4, 3))])
 @pytest.mark.parametrize("cov", COVARIANCE_TYPES)
 def test_save_load_round_trip_is_exact(tmp_path, cls, args, cov):

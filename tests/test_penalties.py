@@ -19,8 +19,12 @@ def _features(n=32, d=6, seed=0):
     return z, s
 
 
-@pytest.mark.parametrize("standardize, positive_part", [(False, False), (True, False), (True, True)])
-def test_mi_gradient_routing_matches_separate_backward_passes(standardize, positive_part):
+@pytest.mark.parametrize(
+    "standardize, positive_part, fit",
+    [(False, False, "likelihood"), (True, False, "likelihood"), (True, True, "likelihood"),
+     (True, False, "posterior"), (True, True, "posterior")],
+)  # fmt: skip
+def test_mi_gradient_routing_matches_separate_backward_passes(standardize, positive_part, fit):
     torch.manual_seed(0)
     z0, s = _features()
     config = KNIFEConfig(
@@ -29,6 +33,7 @@ def test_mi_gradient_routing_matches_separate_backward_passes(standardize, posit
         weight=0.7,
         standardize=standardize,
         positive_part=positive_part,
+        discrete_fit=fit,
     )
     penalty = build_penalty(config, hidden_size=6)
     penalty.init_from_samples(z0, s)
@@ -43,9 +48,16 @@ def test_mi_gradient_routing_matches_separate_backward_passes(standardize, posit
     for p in params:
         p.grad = None
 
-    # oracle 1: estimator parameters get the gradient of the fitting loss h(Z) + h(Z|S) on detached features
+    # oracle 1: estimator parameters get the gradient of the fitting loss on detached features: h(Z) + h(Z|S)
+    # (likelihood) or the cross-entropy of the class posterior (posterior)
     zs = penalty.standardize(z0)
-    penalty.estimator(zs, s).loss.backward()
+    if fit == "likelihood":
+        marginal_nll, conditional_nll = penalty.estimator.pointwise(zs, s)
+        (marginal_nll.mean() + conditional_nll.mean()).backward()
+    else:
+        log_prior = penalty.estimator.log_prior
+        logits = penalty.estimator.all_log_probs(zs) + log_prior  # [B, C]
+        torch.nn.functional.cross_entropy(logits, s).backward()
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(routed_params, params))
     for p in params:
         p.grad = None

@@ -13,7 +13,13 @@ from .conditional import ConditionalKernel
 from .discrete import DiscreteConditionalKernel
 from .marginal import MarginalKernel
 
-__all__ = ["KNIFEEstimator", "KNIFEOutput", "MixtureMIEstimator"]
+__all__ = ["FIT_OBJECTIVES", "KNIFEEstimator", "KNIFEOutput", "MixtureMIEstimator"]
+
+# How MixtureMIEstimator fits its class kernels: coefficients (a, b) of the loss a * h_hat(X) + b * h_hat(X | S).
+#   likelihood: h(X) + h(X|S), both NLLs (the KNIFE fit; it equals 2 h(X|S) + I_hat, so it also pulls I_hat down)
+#   posterior:  h(X|S) - h(X) = -I_hat = CE(S | X) - H(S), the cross-entropy of the class posterior q(s|x): the
+#               tightest Barber-Agakov bound I >= H(S) - CE, the objective of a classifier (an adversary)
+FIT_OBJECTIVES: dict[str, tuple[float, float]] = {"likelihood": (1.0, 1.0), "posterior": (-1.0, 1.0)}
 
 
 @dataclass
@@ -108,12 +114,16 @@ class MixtureMIEstimator(nn.Module):
     ``mean_n [log q(x_n | s_n) - log q(x_n)] = mean_n log q(s_n | x_n) / p(s_n)`` is at most ``H(S)``, and both
     entropies share the same kernels, so its variance is far lower than that of two separate entropy estimates.
     Same interface as :class:`KNIFEEstimator` (``conditional``, ``pointwise``, ``forward``, ``init_from_samples``);
-    the fitting loss is ``h_hat(X) + h_hat(X | S)``.
+    the fitting loss is ``h_hat(X) + h_hat(X | S)`` (``fit="likelihood"``) or the cross-entropy of the class
+    posterior, ``h_hat(X | S) - h_hat(X)`` (``fit="posterior"``); see :data:`FIT_OBJECTIVES`.
     """
 
-    def __init__(self, dim: int, num_classes: int, **options) -> None:
+    def __init__(self, dim: int, num_classes: int, fit: str = "likelihood", **options) -> None:
         super().__init__()
-        self.num_classes = num_classes
+        if fit not in FIT_OBJECTIVES:
+            raise ValueError(f"fit must be one of {tuple(FIT_OBJECTIVES)}, got {fit!r}")
+        self.num_classes, self.fit = num_classes, fit
+        self.fit_coefficients = FIT_OBJECTIVES[fit]
         self.conditional = DiscreteConditionalKernel(dim, num_classes, **options)
         self.register_buffer("log_prior", torch.full((num_classes,), -math.log(num_classes)))
 
@@ -135,7 +145,8 @@ class MixtureMIEstimator(nn.Module):
     def forward(self, x: Tensor, labels: Tensor) -> KNIFEOutput:
         marginal_nll, conditional_nll = self.pointwise(x, labels)
         h, h_conditional = marginal_nll.mean(), conditional_nll.mean()
-        return KNIFEOutput(h - h_conditional, h, h_conditional, h + h_conditional)
+        a, b = self.fit_coefficients
+        return KNIFEOutput(h - h_conditional, h, h_conditional, a * h + b * h_conditional)
 
     @torch.no_grad()
     def init_from_samples(self, x: Tensor, labels: Tensor) -> MixtureMIEstimator:
