@@ -13,11 +13,14 @@ method is run on the same samples. Sub-commands:
     discrete    I(Z; S) for Gaussian class-conditional data with 2 .. 10 classes (Monte-Carlo truth)
     all         everything above
 
+    python recipes/synthetic.py all --jobs 2       # the full protocol: 85 min wall on 2 cores
     python recipes/synthetic.py all --seeds 0 1 2 --output_dir results/synthetic
     python recipes/synthetic.py staircase --kinds gaussian --estimators knife infonce --seeds 0 --quick
     python recipes/synthetic.py report --output_dir results/synthetic    # README_section.md from the tables
 
-Each experiment writes ``<name>.json`` (configuration, truths, per-seed rows and the summary), ``<name>.csv``
+Each experiment is split into independent units (a seed; a staircase kind x seed x estimator), each seeding its
+own generators; ``--jobs N`` runs them in N worker processes with the same results. Without ``--seeds`` every
+experiment runs its protocol seeds (``PROTOCOL_SEEDS``). Each experiment writes ``<name>.json`` (configuration, truths, per-seed rows and the summary), ``<name>.csv``
 (summary: mean and std over seeds) and PNG plots into ``--output_dir``. Any non-finite loss raises
 :class:`NonFiniteError` naming the method and step.
 """
