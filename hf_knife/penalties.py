@@ -455,7 +455,7 @@ class MutualInformationPenalty(KNIFEPenalty):
             scale = scale * (pointwise > 0)
         # the estimator gets the gradient of its fitting loss a h(Z) + b h(Z|S); the rows of z are scaled so that
         # z gets w * grad (h(Z) - h(Z|S)) whatever (a, b) are
-        a, b = getattr(self.estimator, "fit_coefficients", (1.0, 1.0))
+        a, b = self.estimator.fit_coefficients
         marginal_nll = -marginal_log_prob(_scale_rows(z, scale / a))  # [B]: z gets +w * grad h
         conditional_nll = -conditional.log_prob(
             _scale_rows(z, -scale / b), sensitive

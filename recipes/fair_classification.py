@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,8 +388,8 @@ def merge_results(folders: list[Path], output_dir: Path) -> list[dict[str, Any]]
             raise FileNotFoundError(f"--merge_from: no results.json in {folder}")
         rows += json.loads(path.read_text())["runs"]
         sources.append(str(folder))
-    keys = [(r["method"], r["weight"], r["seed"]) for r in rows]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    counts = Counter((r["method"], r["weight"], r["seed"]) for r in rows)
+    repeated = sorted(k for k, n in counts.items() if n > 1)
     if repeated:
         raise ValueError(f"--merge_from: the same (method, weight, seed) appears twice: {repeated}")
     rows.sort(key=lambda r: (r["seed"], METHODS.index(r["method"]), r["weight"]))

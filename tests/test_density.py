@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from hf_knife import ConditionalKernel, DiscreteConditionalKernel, KNIFEEstimator, MarginalKernel
+from hf_knife import (
+    ConditionalKernel,
+    DiscreteConditionalKernel,
+    KNIFEEstimator,
+    MarginalKernel,
+    MixtureMIEstimator,
+)
 from hf_knife.estimators import COVARIANCE_TYPES, component_log_prob, mixture_log_prob
 
 
@@ -263,8 +269,6 @@ def test_mixture_mi_estimator_fitting_losses(fit):
     """Oracles: the mixture marginal is sum_s p(s) N-mixture(x | s) (torch.distributions), the MI is
     mean log q(s_n | x_n) / p(s_n), and the fitting loss is the sum of both NLLs (likelihood) or the cross-entropy
     of the class posterior minus mean log p(s_n) (posterior)."""
-    from hf_knife import MixtureMIEstimator
-
     torch.manual_seed(11)
     x, s = torch.randn(40, 2).double(), torch.randint(0, 3, (40,))
     estimator = MixtureMIEstimator(2, 3, fit=fit, num_components=2).double().init_from_samples(x, s)

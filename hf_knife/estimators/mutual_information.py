@@ -46,8 +46,11 @@ class KNIFEEstimator(
 
     Pass exactly one of ``cond_dim`` (continuous: :class:`ConditionalKernel`) or ``num_classes`` (discrete:
     :class:`DiscreteConditionalKernel`). The remaining options are shared by both kernels; ``hidden_dims``
-    applies to the continuous conditional only.
+    applies to the continuous conditional only. The fitting loss is the likelihood fit of both kernels
+    (:data:`FIT_OBJECTIVES`).
     """
+
+    fit_coefficients: tuple[float, float] = FIT_OBJECTIVES["likelihood"]
 
     def __init__(
         self,
@@ -92,11 +95,12 @@ class KNIFEEstimator(
         """Estimate on a batch; ``loss`` fits both kernels by maximum likelihood."""
         marginal_nll, conditional_nll = self.pointwise(x, y)
         marginal_entropy, conditional_entropy = marginal_nll.mean(), conditional_nll.mean()
+        a, b = self.fit_coefficients
         return KNIFEOutput(
             mutual_information=marginal_entropy - conditional_entropy,
             marginal_entropy=marginal_entropy,
             conditional_entropy=conditional_entropy,
-            loss=marginal_entropy + conditional_entropy,
+            loss=a * marginal_entropy + b * conditional_entropy,
         )
 
     @torch.no_grad()
