@@ -9,6 +9,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+from .degenerate import relative_floor
 from .functional import COVARIANCE_TYPES
 from .validation import check_choice, check_full_covariance_fits
 
@@ -16,9 +17,14 @@ __all__ = ["KernelBase", "scott_bandwidth"]
 
 
 def scott_bandwidth(x: Tensor, num_components: int) -> Tensor:
-    """Per-dimension Scott bandwidth for a mixture of ``num_components`` kernels on samples ``x [N, d]``: ``[d]``."""
+    """Per-dimension Scott bandwidth for a mixture of ``num_components`` kernels on samples ``x [N, d]``: ``[d]``.
+
+    Spreads are floored at 1% of the typical spread (:func:`~.degenerate.relative_floor`), so a constant coordinate
+    gets a bandwidth on the data's own scale, not an absolute 1e-6 that makes its density explode once it moves.
+    """
     d = x.shape[1]
-    std = x.std(0, unbiased=x.shape[0] > 1).clamp_min(1e-6)  # [d]
+    std = x.std(0, unbiased=x.shape[0] > 1)  # [d]
+    std = std.clamp_min(relative_floor(std))  # [d]
     return std * num_components ** (-1.0 / (d + 4))
 
 
@@ -115,19 +121,35 @@ class KernelBase(
 
     @torch.no_grad()
     def _init_mixture_from_samples(
-        self, x: Tensor, loc: Tensor, log_diag: Tensor, mixture_logits: Tensor
+        self,
+        x: Tensor,
+        loc: Tensor,
+        log_diag: Tensor,
+        mixture_logits: Tensor,
+        reference: Tensor | None = None,
     ) -> None:
-        """Set means to random samples of ``x [N, d]`` and bandwidths by Scott's rule (in place, one mixture)."""
+        """Set means to random samples of ``x [N, d]`` and bandwidths by Scott's rule (in place, one mixture).
+
+        ``reference [M, d]`` (e.g. the samples of every class) sets the spreads instead when ``x`` has a single
+        distinct sample: it has no scale of its own, and an absolute bandwidth (1, or a floor of 0.01) is off by
+        orders of magnitude on data of scale 1e6 or 1e-6.
+        """
         x = x.to(loc.dtype)
         k = loc.shape[-2]
+        spread_source = x
+        if reference is not None and (x.shape[0] < 2 or not bool((x != x[:1]).any())):
+            spread_source = reference.to(loc.dtype)  # [M, d]
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
         if x.shape[0] >= k:
             index = torch.randperm(x.shape[0], generator=generator)[:k]
             loc.copy_(x[index])
         else:  # fewer samples than components: jitter repeated samples
             index = torch.randint(0, x.shape[0], (k,), generator=generator)
-            loc.copy_(x[index] + 0.1 * x.std(0, unbiased=x.shape[0] > 1) * torch.randn(k, x.shape[1]))
-        bandwidth = scott_bandwidth(x, k) if x.shape[0] > 1 else torch.ones(x.shape[1])  # [d]
+            spread = spread_source.std(0, unbiased=spread_source.shape[0] > 1)  # [d]
+            loc.copy_(x[index] + 0.1 * spread * torch.randn(k, x.shape[1]))
+        bandwidth = (
+            scott_bandwidth(spread_source, k) if spread_source.shape[0] > 1 else torch.ones(x.shape[1])
+        )  # [d]
         log_diag.copy_(-bandwidth.log().expand_as(log_diag))
         mixture_logits.zero_()
 

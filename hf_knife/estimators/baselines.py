@@ -15,6 +15,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln
 from torch import Tensor
 
+from .degenerate import relative_floor
 from .marginal import MarginalKernel
 
 __all__ = [
@@ -89,6 +90,14 @@ def doe_mutual_information(x: Tensor, y: Tensor) -> float:
     x = torch.as_tensor(x, dtype=torch.float64)
     y = torch.as_tensor(y)
 
+    def standardise(a: Tensor) -> Tensor:
+        # MI is invariant to per-coordinate affine maps: on unit spreads the ridge below is relative to each
+        # coordinate's spread (an absolute 1e-9 vanishes against a variance of 1e8 and det S_xy becomes 0: +inf)
+        std = a.std(0, unbiased=False)  # [d]
+        return (a - a.mean(0)) / std.clamp_min(relative_floor(std))  # [N, d]
+
+    x = standardise(x)
+
     def cov(a: Tensor) -> Tensor:
         return torch.cov(a.T, correction=0).reshape(a.shape[1], a.shape[1]) + 1e-9 * torch.eye(
             a.shape[1], dtype=a.dtype
@@ -100,7 +109,7 @@ def doe_mutual_information(x: Tensor, y: Tensor) -> float:
             mask = y == label
             conditional += float(mask.double().mean()) * gaussian_entropy(cov(x[mask]))
         return gaussian_entropy(cov(x)) - conditional
-    y = y.to(torch.float64).reshape(x.shape[0], -1)
+    y = standardise(y.to(torch.float64).reshape(x.shape[0], -1))
     joint = torch.cat([x, y], dim=1)  # [N, d_x + d_y]
     return gaussian_entropy(cov(x)) + gaussian_entropy(cov(y)) - gaussian_entropy(cov(joint))
 

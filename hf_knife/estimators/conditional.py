@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import KernelBase
+from .degenerate import relative_floor
 from .functional import COVARIANCE_TYPES, mixture_log_prob
 from .validation import check_choice
 
@@ -67,10 +68,22 @@ class ConditionalKernel(KernelBase):
         nn.init.zeros_(self.head.bias)
         self.skip = nn.Linear(cond_dim, num_components * dim, bias=False)  # linear path for the means
         nn.init.zeros_(self.skip.weight)
+        # y is standardised at the MLP input (set by init_from_samples). Folding the statistics into the first
+        # layer's weights instead keeps the forward right but not the training: an Adam step of lr on a weight
+        # then moves its output by lr * |y|, which blows the density up when y has a large offset or scale.
+        self.register_buffer("y_mean", torch.zeros(cond_dim))
+        self.register_buffer("y_scale", torch.ones(cond_dim))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args) -> None:
+        # checkpoints written before y_mean / y_scale existed had the standardisation folded into the weights
+        for name in ("y_mean", "y_scale"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
 
     def mixture_parameters(self, y: Tensor) -> dict[str, Tensor]:
         """Per-sample mixture parameters for ``y [B, cond_dim]``."""
         batch, k, d = y.shape[0], self.num_components, self.dim
+        y = (y - self.y_mean.to(y.dtype)) / self.y_scale.to(y.dtype)  # [B, cond_dim]
         out = self.head(self.trunk(y))  # [B, total]
         parts = dict(zip(self._sizes, out.split(list(self._sizes.values()), dim=-1)))
         loc = self.loc + (parts["loc"] + self.skip(y)).view(batch, k, d)  # [B, K, d]
@@ -114,12 +127,12 @@ class ConditionalKernel(KernelBase):
         self._check_x(x)
         self._init_mixture_from_samples(x, self.loc, self.log_diag, self.mixture_logits)
         if y is not None and y.shape[0] > 1:
-            # Standardise y at the MLP input so that hidden units start in their useful range.
-            first = self.trunk[0] if len(self.trunk) else self.skip
-            mean, std = y.mean(0), y.std(0).clamp_min(1e-6)  # [cond_dim]
-            first.weight.div_(std.to(first.weight.dtype))
-            if first.bias is not None:
-                first.bias.sub_(first.weight @ mean.to(first.weight.dtype))
+            # Standardise y at the MLP input so that hidden units start in their useful range; spreads are floored
+            # relative to the typical spread (a constant column is not amplified by 1e6).
+            y = y.detach().to(torch.float64)
+            std = y.std(0)  # [cond_dim]
+            self.y_mean.copy_(y.mean(0))
+            self.y_scale.copy_(std.clamp_min(relative_floor(std)))
         return self
 
     def extra_repr(self) -> str:

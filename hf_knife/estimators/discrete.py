@@ -74,12 +74,15 @@ class DiscreteConditionalKernel(KernelBase):
 
     @torch.no_grad()
     def init_from_samples(self, x: Tensor, labels: Tensor) -> DiscreteConditionalKernel:
-        """Initialise each class's mixture from that class's samples (all samples for unseen classes)."""
+        """Initialise each class's mixture from that class's samples (all samples for unseen classes; a class with a
+        single distinct sample takes its bandwidths from all samples)."""
         self._check_x(x)
         labels = check_labels(labels, "labels", self.num_classes, length=x.shape[0])
         for c in range(self.num_classes):
             x_c = x[labels == c]  # [N_c, d]
             if x_c.shape[0] == 0:
                 x_c = x
-            self._init_mixture_from_samples(x_c, self.loc[c], self.log_diag[c], self.mixture_logits[c])
+            self._init_mixture_from_samples(
+                x_c, self.loc[c], self.log_diag[c], self.mixture_logits[c], reference=x
+            )
         return self

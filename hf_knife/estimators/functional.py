@@ -68,11 +68,16 @@ def low_rank_log_det(log_diag: Tensor, factor: Tensor) -> Tensor:
         ``[...]``.
     """
     r = factor.shape[-1]
-    scaled = factor * (-log_diag).exp().unsqueeze(-1)  # [..., d, r]  D^-1/2 U
+    # The capacitance I + S^T S squares the condition number of S = D^-1/2 U: in fp32 its rounding error exceeds
+    # the identity once |S| ~ 3e3, and with aligned factor columns (a rank-deficient U, e.g. every column fitted to
+    # the same degenerate direction) the Cholesky factorisation then fails. It is only [r, r]: form and factorise
+    # it in float64.
+    scaled = (factor * (-log_diag).exp().unsqueeze(-1)).double()  # [..., d, r]  D^-1/2 U
     capacitance = scaled.transpose(-1, -2) @ scaled  # [..., r, r]
-    capacitance = capacitance + torch.eye(r, dtype=factor.dtype, device=factor.device)
+    capacitance = capacitance + torch.eye(r, dtype=capacitance.dtype, device=factor.device)
     chol = torch.linalg.cholesky(capacitance)  # [..., r, r]
-    return 2.0 * log_diag.sum(-1) + 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    log_det_capacitance = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [...]
+    return 2.0 * log_diag.sum(-1) + log_det_capacitance.to(log_diag.dtype)
 
 
 def _half_log_det(log_diag: Tensor, factor: Tensor | None) -> Tensor:
