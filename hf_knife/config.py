@@ -27,6 +27,9 @@ SENSITIVE_TYPES = ("discrete", "continuous")
 ENTROPY_DIRECTIONS = ("lower", "raise")
 IB_ESTIMATORS = ("knife", "vib")
 DISCRETE_MARGINALS = ("mixture", "kernel")
+#: Defaults of the budget controller (measured in hf_knife/budget.py's docstring).
+BUDGET_RATE = 1.0
+BUDGET_SMOOTHING = 0.9
 
 T = TypeVar("T")
 
@@ -97,6 +100,12 @@ class KNIFEConfig:
 
     The total loss is ``task_loss + w(step) * penalty`` where ``w(step)`` is 0 for the first ``warmup_steps``
     (the estimator still fits), then rises linearly to ``weight`` over ``anneal_steps``.
+
+    With ``target`` (a budget), ``w`` is instead a Lagrange multiplier that starts at ``weight`` after warm-up and is
+    adapted once per optimizer step so that the penalty's estimate stays at or below ``target`` (see
+    :mod:`hf_knife.budget`); e.g. ``KNIFEConfig(sensitive_column="gender", target=0.005)`` keeps ``I(Z; gender)``
+    near 0.005 nats, which limits the Bayes attacker to at most 5 points above the majority rate (if the estimate
+    is right).
     """
 
     penalty: str = field(
@@ -142,7 +151,9 @@ class KNIFEConfig:
         default_factory=lambda: [128, 128], metadata=_help("MLP widths of the continuous conditional kernel")
     )
     bandwidth_bounds: list[float] | None = field(
-        default=None, metadata=_help("optional [min, max] clamp of the kernel bandwidths")
+        default=None,
+        metadata=_help("[min, max] clamp of the kernel bandwidths; default with standardize: [0.1, 100] in units of "
+                       "each coordinate's running standard deviation (keeps dead or duplicated coordinates finite)"),
     )
     projection_dim: int | None = field(
         default=None,
@@ -162,6 +173,34 @@ class KNIFEConfig:
     anneal_steps: int = field(
         default=0, metadata=_help("after warm-up, raise the weight linearly over this many steps")
     )
+    target: float | None = field(
+        default=None,
+        metadata=_help("a budget instead of a fixed weight: the weight becomes a Lagrange multiplier, adapted once per "
+                       "optimizer step (hf_knife/budget.py) so that the penalty's estimate stays at or below target: "
+                       "I(Z;S) in nats (mutual_information), the rate I(X;Z) in nats (information_bottleneck; the KL "
+                       "for ib_estimator='vib'), h(Z) in nats (entropy, 'lower': h <= target; 'raise': h >= target; "
+                       "any finite value, entropies can be negative), the adversary's bound H(S) - CE on I(Z;S) in "
+                       "nats (adversarial). > 0 except for entropy. weight is then the initial multiplier (> 0, "
+                       "also the unit of the controller's steps); "
+                       "warm-up keeps the multiplier at 0 and the controller starts after it; anneal_steps is "
+                       "refused. Logged as knife/multiplier and knife/constraint (estimate - target; target - h for "
+                       "'raise': > 0 means over budget). What a budget on I(Z;S) buys: the Bayes attacker's "
+                       "accuracy exceeds the majority-class rate by at most sqrt(I(Z;S)/2) (Pinsker and Jensen), "
+                       "so 0.005 nats allows at most 5 points, 0.02 nats at most 10; this holds for the true "
+                       "I(Z;S), and the budget holds the estimate, so check with a fresh attacker. With a discrete S "
+                       "budget discrete_fit='posterior' (and positive_part=false): with the likelihood fit the model "
+                       "can push the estimate below zero while an attacker still reads S"),
+    )  # fmt: skip
+    budget_rate: float = field(
+        default=BUDGET_RATE,
+        metadata=_help("with target: the controller's step per nat of constraint, in units of the initial weight: "
+                       "multiplier <- clip(multiplier + rate * weight * average(estimate - target), 0, 1e4 * weight)"),
+    )  # fmt: skip
+    budget_smoothing: float = field(
+        default=BUDGET_SMOOTHING,
+        metadata=_help("with target: weight of the past in the exponential moving average of the constraint that "
+                       "drives the controller, in [0, 1) (0: the current step only)"),
+    )  # fmt: skip
     discrete_marginal: str = field(
         default="mixture",
         metadata=_help("discrete S: 'mixture' estimates h(Z) with the mixture of the class kernels weighted by the "
@@ -233,6 +272,7 @@ class KNIFEConfig:
             raise ValueError(f"weight must be a number >= 0, got {self.weight!r}")
         if math.isnan(self.weight) or math.isinf(self.weight) or self.weight < 0:
             raise ValueError(f"weight must be a finite number >= 0, got {self.weight}")
+        self._validate_budget()
         for name in ("num_components", "sensitive_dim", "init_num_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -276,6 +316,43 @@ class KNIFEConfig:
                     "information_bottleneck does not support projection_dim (h(Z|X) is closed-form in Z)"
                 )
         return self
+
+    def _validate_budget(self) -> None:
+        """Checks of ``target``, ``budget_rate`` and ``budget_smoothing`` (see the ``target`` help)."""
+        for name in ("budget_rate", "budget_smoothing"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.budget_rate <= 0:
+            raise ValueError(f"budget_rate must be > 0, got {self.budget_rate}")
+        if not 0 <= self.budget_smoothing < 1:
+            raise ValueError(f"budget_smoothing must be in [0, 1), got {self.budget_smoothing}")
+        target = self.target
+        if target is None:
+            return
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+            raise ValueError(f"target must be a finite number (nats) or None, got {target!r}")
+        penalty_cls = PENALTY_REGISTRY.get(self.penalty)
+        if not getattr(penalty_cls, "supports_target", False):
+            raise ValueError(
+                f"penalty {self.penalty!r} cannot take a target (it defines no estimate to budget); "
+                "use a fixed weight"
+            )
+        if self.penalty != "entropy" and target <= 0:
+            raise ValueError(
+                f"target must be > 0 nats for the {self.penalty} penalty (its estimate is an information, >= 0), "
+                f"got {target}; only entropy targets may be zero or negative"
+            )
+        if self.weight <= 0:
+            raise ValueError(
+                f"with target, weight is the initial multiplier and must be > 0 (the controller scales it), "
+                f"got {self.weight}"
+            )
+        if self.anneal_steps > 0:
+            raise ValueError(
+                f"target and anneal_steps={self.anneal_steps} do not combine: the budget controller sets the "
+                "multiplier after warm-up; drop anneal_steps (warmup_steps is allowed: the multiplier is 0 during it)"
+            )
 
     @property
     def needs_sensitive(self) -> bool:

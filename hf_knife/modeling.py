@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .budget import BudgetController
 from .config import KNIFE_CONFIG_NAME, KNIFEConfig
 from .penalties import GaussianHead, KNIFEPenalty, build_penalty
 from .pooling import FeatureCapture, feature_dim, resolve_source
@@ -48,6 +49,8 @@ KNIFE_OUTPUT_FIELDS = (
     "knife_adversary_loss",
     "knife_adversary_accuracy",
     "knife_weight",
+    "knife_multiplier",
+    "knife_constraint",
 )
 KNIFE_TAGS = ["knife", "hf_knife"]
 
@@ -102,7 +105,7 @@ class KNIFEModelMixin:
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # type: ignore[misc]
-        if isinstance(module, (KNIFEPenalty, GaussianHead)):  # after its children: undo generic Linear init
+        if isinstance(module, (KNIFEPenalty, GaussianHead, BudgetController)):  # after its children: undo generic init
             module.reset_parameters()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:

@@ -14,6 +14,7 @@ gives the estimator parameters the maximum-likelihood fitting gradient and ``z``
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from transformers import initialization as hf_init
 
+from .budget import BudgetController
 from .config import PENALTY_REGISTRY, KNIFEConfig
 from .distributed import all_gather_with_grad, broadcast_module, is_distributed
 from .estimators import (
@@ -30,6 +32,7 @@ from .estimators import (
     MixtureMIEstimator,
 )
 from .estimators.base import KernelBase
+from .estimators.degenerate import find_degenerate_directions, relative_floor
 from .estimators.validation import check_labels
 from .ops import scale_gradient
 
@@ -42,6 +45,14 @@ __all__ = [
     "PenaltyOutput",
     "build_penalty",
 ]
+
+#: Resolution of the estimator on standardised features. Running variances are floored at (10% of the typical
+#: spread)^2 and kernel bandwidths at 10% of each coordinate's (floored) spread: maximum likelihood drives the
+#: bandwidth of a constant or duplicated direction to zero, after which any movement there makes the density
+#: explode (a dead unit of MiniLM moving by 1e-5 gave an NLL of 1e16). With these floors a coordinate that wakes
+#: up by 2% of the typical spread costs about 2 nats, and the kernels stay well below Scott's rule (about 1).
+VARIANCE_FLOOR_FRACTION = 0.1
+STANDARDIZED_BANDWIDTH_BOUNDS = (1e-1, 1e2)
 
 
 @dataclass
@@ -69,6 +80,12 @@ def _value_with_grad(value: Tensor, *grad_terms: Tensor) -> Tensor:
     for term in grad_terms:
         out = out + (term - term.detach())
     return out
+
+
+def _variance_floor(var: Tensor) -> Tensor:
+    """Floor of the running variances ``var [dim]``: (10% of the typical standard deviation)^2, relative to the
+    data's own scale, so a dead coordinate that starts to move is measured against the live ones."""
+    return relative_floor(var.clamp_min(0).sqrt(), VARIANCE_FLOOR_FRACTION).square()
 
 
 def _reset_kernel(kernel: KernelBase, init_std: float = 1.0, init_bandwidth: float = 1.0) -> None:
@@ -127,11 +144,23 @@ class KNIFEPenalty(nn.Module):
         self._inner_batches: list[tuple[Tensor, Tensor | None]] = []
         self._stats_gathered = False
         self._known_initialized = False
+        # budget (config.target): the multiplier's state is in the controller's buffers; the sums of the current
+        # optimizer step are a plain attribute, all-reduced in end_of_step (like the feature sums)
+        self.budget: BudgetController | None = None
+        if config.target is not None:
+            raising = config.penalty == "entropy" and config.entropy_direction == "raise"
+            self.budget = BudgetController(
+                config.target, config.weight, rate=config.budget_rate, smoothing=config.budget_smoothing,
+                sign=-1.0 if raising else 1.0,
+            )  # fmt: skip
+        self._budget_sums: Tensor | None = None  # [k] float64, see budget_statistics
 
     # ------------------------------------------------------------------ parameters
     def kernel_options(self) -> dict:
         c = self.config
         bounds = tuple(c.bandwidth_bounds) if c.bandwidth_bounds else None
+        if bounds is None and c.standardize:  # in units of Z's running standard deviation
+            bounds = STANDARDIZED_BANDWIDTH_BOUNDS
         return dict(
             num_components=c.num_components, covariance=c.covariance, rank=c.rank, bandwidth_bounds=bounds
         )
@@ -165,11 +194,14 @@ class KNIFEPenalty(nn.Module):
         return self.global_step if self.global_step is not None else self._forward_count
 
     def current_weight(self, step: int | None = None) -> float:
-        """``0`` during warm-up, then a linear ramp to ``weight`` over ``anneal_steps``."""
+        """``0`` during warm-up, then a linear ramp to ``weight`` over ``anneal_steps``; with a budget
+        (``target``), the controller's multiplier after warm-up."""
         step = self.step if step is None else step
         c = self.config
         if step < c.warmup_steps:
             return 0.0
+        if self.budget is not None:
+            return float(self.budget.multiplier)
         if c.anneal_steps > 0:
             return c.weight * min(1.0, (step - c.warmup_steps + 1) / c.anneal_steps)
         return c.weight
@@ -258,15 +290,15 @@ class KNIFEPenalty(nn.Module):
         var = (sums[1] / count - mean.pow(2)).clamp_min(0.0)  # [dim]
         m = self.STATS_MOMENTUM
         self.feature_mean.mul_(1 - m).add_(m * mean.to(self.feature_mean.dtype))
-        self.feature_var.mul_(1 - m).add_(m * var.to(self.feature_var.dtype)).clamp_(min=1e-12)
+        self.feature_var.mul_(1 - m).add_(m * var.to(self.feature_var.dtype))
+        self.feature_var.clamp_(min=float(_variance_floor(self.feature_var)))
 
     @torch.no_grad()
     def _set_statistics(self, z: Tensor) -> None:
         if self.config.standardize:
             self.feature_mean.copy_(z.mean(0))
-            self.feature_var.copy_(
-                z.var(0, unbiased=False).clamp_min(1e-12) if z.shape[0] > 1 else torch.ones_like(z[0])
-            )
+            var = z.var(0, unbiased=False) if z.shape[0] > 1 else torch.ones_like(z[0])  # [dim]
+            self.feature_var.copy_(var.clamp_min(float(_variance_floor(var))))
 
     # ------------------------------------------------------------------ fitting
     def fitting_loss(self, z: Tensor, sensitive: Tensor | None) -> Tensor:
@@ -333,14 +365,58 @@ class KNIFEPenalty(nn.Module):
                 g = g.view_as(p)
                 m, v = getattr(state, f"exp_avg_{i}"), getattr(state, f"exp_avg_sq_{i}")
                 m.mul_(beta1).add_(g, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                # saturate instead of overflowing: an inf second moment would freeze the parameter for good
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2).clamp_(max=torch.finfo(v.dtype).max)
                 denom = (v / correction2.to(v.dtype)).sqrt_().add_(eps)
                 p.sub_(lr * m / correction1.to(m.dtype) / denom)
+        if self.config.check_finite and not all(bool(torch.isfinite(p).all()) for p in params):
+            raise FloatingPointError(
+                f"the KNIFE estimator's parameters became non-finite in its inner fitting steps at step {self.step} "
+                f"(estimator_lr={lr:g}); lower estimator_lr or inner_steps, or set bandwidth_bounds"
+            )
 
     def end_of_step(self) -> None:
-        """Called once per optimizer step by KNIFETrainer: inner fitting steps, then the running statistics."""
+        """Called once per optimizer step by KNIFETrainer: inner fitting steps, the running statistics, then the
+        budget's multiplier."""
         self.inner_fit()
         self.fold_statistics()
+        self.update_budget()
+
+    # ------------------------------------------------------------------ budget (config.target)
+    #: whether the penalty defines an estimate that a ``target`` can bound (checked by KNIFEConfig.validate)
+    supports_target: ClassVar[bool] = False
+    #: the metric of :meth:`compute` that the budget bounds (a per-sample mean)
+    budget_metric: ClassVar[str] = ""
+
+    def budget_statistics(self, metrics: dict[str, Tensor], sensitive: Tensor | None, n: int) -> Tensor:
+        """``[k]`` float64 sums of one micro-batch of ``n`` rows, additive over micro-batches and processes:
+        ``[n * estimate, n]`` here (the estimate is a per-sample mean)."""
+        estimate = metrics[self.budget_metric].detach().double()
+        return torch.stack([estimate * n, estimate.new_tensor(float(n))])
+
+    def budget_estimate(self, sums: Tensor) -> Tensor:
+        """The estimate of the rows summed in ``sums`` (see :meth:`budget_statistics`)."""
+        return sums[0] / sums[1]
+
+    @torch.no_grad()
+    def update_budget(self) -> None:
+        """Feed the optimizer step's estimate (mean over its micro-batches and processes) to the controller.
+
+        Once per optimizer step on every process (one all-reduce), so the multiplier does not depend on gradient
+        accumulation or the number of processes. Nothing happens during warm-up.
+        """
+        sums, self._budget_sums = self._budget_sums, None
+        if self.budget is None or self.step < self.config.warmup_steps:
+            return
+        if is_distributed():
+            if sums is None:  # no training forward on this process: contribute nothing
+                sums = torch.zeros(self._budget_width(), dtype=torch.float64, device=self.budget.multiplier.device)
+            torch.distributed.all_reduce(sums)
+        if sums is not None and float(sums[1]) > 0:
+            self.budget.update(self.budget_estimate(sums))
+
+    def _budget_width(self) -> int:
+        return 2
 
     # ------------------------------------------------------------------ forward
     def compute(self, z: Tensor, sensitive: Tensor | None, weight: float) -> PenaltyOutput:
@@ -364,6 +440,14 @@ class KNIFEPenalty(nn.Module):
         weight = self.current_weight()
         out = self.compute(z, sensitive, weight)
         out.metrics["weight"] = torch.tensor(weight, device=z.device)
+        if self.budget is not None:
+            sums = self.budget_statistics(out.metrics, sensitive, z.shape[0])  # [k]
+            out.metrics["multiplier"] = self.budget.multiplier.detach().clone()
+            out.metrics["constraint"] = self.budget.constraint(self.budget_estimate(sums)).float()
+            if self.training and self.step >= self.config.warmup_steps:
+                self._budget_sums = sums if self._budget_sums is None else self._budget_sums + sums
+                if self.global_step is None:  # no trainer: every forward is an optimizer step
+                    self.update_budget()
         if self.training and self.global_step is None:
             self._forward_count += 1
         return out
@@ -371,6 +455,15 @@ class KNIFEPenalty(nn.Module):
     @torch.no_grad()
     def init_from_samples_prepared(self, z: Tensor, sensitive: Tensor | None) -> None:
         """Initialise from prepared (projected, not standardised) features ``[N, dim]``; same on every process."""
+        degenerate = find_degenerate_directions(z)
+        if degenerate and (not is_distributed() or torch.distributed.get_rank() == 0):
+            warnings.warn(
+                degenerate.describe(f"the representation Z ({self.source})")
+                + ". The estimator measures them on a variance floor of 10% of the typical spread, with kernel "
+                "bandwidths of at least 10% of that, so they stay finite if they start to move; consider "
+                "projection_dim or another representation if many coordinates are dead.",
+                stacklevel=2,
+            )
         self._set_statistics(z)
         z = (z - self.feature_mean) * self.feature_var.rsqrt() if self.config.standardize else z  # [N, dim]
         self._init_estimator(z, sensitive)
@@ -384,6 +477,8 @@ class MutualInformationPenalty(KNIFEPenalty):
     """Minimise ``I(Z; S) = h(Z) - h(Z | S)`` for a discrete (any number of classes) or continuous S."""
 
     name = "mutual_information"
+    supports_target = True
+    budget_metric = "mutual_information"
 
     def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
         super().__init__(config, hidden_size, source)
@@ -484,6 +579,8 @@ class EntropyPenalty(KNIFEPenalty):
     """Lower (``entropy_direction="lower"``) or raise (``"raise"``) the KNIFE estimate of h(Z)."""
 
     name = "entropy"
+    supports_target = True
+    budget_metric = "marginal_entropy"  # in the units of Z
 
     def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
         super().__init__(config, hidden_size, source)
@@ -517,6 +614,7 @@ class AdversarialPenalty(KNIFEPenalty):
     """
 
     name = "adversarial"
+    supports_target = True  # on the adversary's bound I(Z;S) >= H(S) - CE (Barber-Agakov)
 
     def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
         super().__init__(config, hidden_size, source)
@@ -560,6 +658,21 @@ class AdversarialPenalty(KNIFEPenalty):
             loss=loss, metrics={"adversary_loss": cross_entropy.detach(), "adversary_accuracy": accuracy}
         )
 
+    def budget_statistics(self, metrics: dict[str, Tensor], sensitive: Tensor | None, n: int) -> Tensor:
+        """``[n * CE, n, count_0, ..., count_{C-1}]``: the budget bounds ``H(S) - CE``, with ``H(S)`` from the
+        class frequencies of the whole optimizer step."""
+        cross_entropy = metrics["adversary_loss"].detach().double()
+        counts = torch.bincount(sensitive.long(), minlength=self.config.num_sensitive_classes).double()  # [C]
+        return torch.cat([torch.stack([cross_entropy * n, cross_entropy.new_tensor(float(n))]), counts])
+
+    def budget_estimate(self, sums: Tensor) -> Tensor:
+        p = sums[2:] / sums[1]  # [C] class frequencies
+        entropy = -(p * p.clamp_min(1e-300).log()).sum()
+        return entropy - sums[0] / sums[1]
+
+    def _budget_width(self) -> int:
+        return 2 + int(self.config.num_sensitive_classes)
+
 
 class GaussianHead(nn.Module):
     """Stochastic head ``z = mu + sigma * eps`` with ``mu = h`` and ``log sigma = W h + b``.
@@ -597,9 +710,11 @@ class InformationBottleneckPenalty(KNIFEPenalty):
     """
 
     name = "information_bottleneck"
+    supports_target = True  # on the rate I(X;Z) (the KL for ib_estimator="vib")
 
     def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
         super().__init__(config, hidden_size, source)
+        self.budget_metric = "vib_kl" if config.ib_estimator == "vib" else "mutual_information"
         self.head = GaussianHead(hidden_size, config.ib_init_sigma)
         self.estimator = MarginalKernel(self.dim, **self.kernel_options())
         self._last: tuple[Tensor, Tensor] | None = None

@@ -33,17 +33,27 @@ def _compare(a: dict, b: dict) -> None:
         torch.testing.assert_close(b[name].float(), value.float(), atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("gather", [0, 1])
-def test_two_processes_match_one(tmp_path, gather):
+@pytest.mark.parametrize("gather, budget", [(0, 0), (1, 0), (0, 1)])
+def test_two_processes_match_one(tmp_path, gather, budget):
+    """budget=1: the multiplier (all-reduced estimate, one update per step) is the same too."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    _run([sys.executable, str(SCRIPT), str(one), "8", str(gather)], tmp_path)
+    _run([sys.executable, str(SCRIPT), str(one), "8", str(gather), str(budget)], tmp_path)
     _run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(two), "4", str(gather)], tmp_path
+        [torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(two), "4", str(gather), str(budget)],
+        tmp_path,
     )
     assert json.loads(Path(str(two) + ".json").read_text())["world_size"] == 2
     _compare(torch.load(one), torch.load(two))
     logs_one = json.loads(Path(str(one) + ".json").read_text())["logs"]
     logs_two = json.loads(Path(str(two) + ".json").read_text())["logs"]
+    assert len(logs_one) == len(logs_two) == 3
     for a, b in zip(logs_one, logs_two):  # knife/* scalars are averaged over processes
         assert b["knife/estimator_nll"] == pytest.approx(a["knife/estimator_nll"], rel=1e-3, abs=1e-3)
+    if budget:
+        one_state, two_state = torch.load(one), torch.load(two)
+        assert int(one_state["knife.budget.count"]) == int(two_state["knife.budget.count"]) == 3
+        multipliers = [float(s["knife.budget.multiplier"]) for s in (one_state, two_state)]
+        assert multipliers[1] == pytest.approx(multipliers[0], rel=1e-5) and multipliers[0] != 1.0
+        for a, b in zip(logs_one, logs_two):
+            assert b["knife/multiplier"] == pytest.approx(a["knife/multiplier"], rel=1e-5)

@@ -1,6 +1,7 @@
 """Train a tiny KNIFE model; launched by tests/test_distributed.py with 1 process or `torchrun --nproc_per_node 2`.
 
-Usage: train_distributed.py OUTPUT_FILE PER_DEVICE_BATCH GATHER(0|1)
+Usage: train_distributed.py OUTPUT_FILE PER_DEVICE_BATCH GATHER(0|1) [BUDGET(0|1)]
+BUDGET=1 trains under a budget (target 0.01 nats, a fast controller) instead of a fixed weight.
 Writes the final state dict (rank 0) and the logged knife/* scalars next to it.
 """
 
@@ -24,7 +25,8 @@ from hf_knife.trainer import KNIFETrainer  # noqa: E402
 def main() -> None:
     faulthandler.enable(all_threads=True)  # an abort prints every thread's Python stack to stderr
     output, batch, gather = sys.argv[1], int(sys.argv[2]), bool(int(sys.argv[3]))
-    config = KNIFEConfig(sensitive_column="gender", num_components=4, gather_features=gather)
+    budget = dict(target=0.01, budget_rate=0.1) if len(sys.argv) > 4 and int(sys.argv[4]) else {}
+    config = KNIFEConfig(sensitive_column="gender", num_components=4, gather_features=gather, **budget)
     trainer = KNIFETrainer(
         model=tiny_model("bert"),
         args=training_args(os.path.dirname(output) or ".", max_steps=3, per_device_train_batch_size=batch),
