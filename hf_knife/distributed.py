@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["all_gather_with_grad", "broadcast_module", "check_launch", "is_distributed"]
+__all__ = ["all_gather_with_grad", "broadcast_module", "check_gather", "check_launch", "is_distributed"]
 
 
 def is_distributed() -> bool:
@@ -27,6 +28,37 @@ def check_launch(world_size: int) -> None:
             f"{launched} processes were launched (WORLD_SIZE={launched}) but the training arguments use "
             f"{world_size}: each process would train alone. On a machine without a GPU pass --use_cpu "
             "(TrainingArguments(use_cpu=True)) so that the processes join one gloo group."
+        )
+
+
+def check_gather(gather_features: bool, world_size: int) -> None:
+    """Check ``gather_features=True`` against the launch: a warning in one process, an error without a group.
+
+    In a single process there is nothing to gather (the penalty sees the local batch, as with ``False``), so
+    the option is a no-op and a warning says so. With ``world_size > 1`` the all-gather needs an initialised
+    ``torch.distributed`` process group of that size; without one it raises ``ValueError``.
+    """
+    if not gather_features:
+        return
+    if world_size <= 1:
+        warnings.warn(
+            "gather_features=True has no effect in a single process (world_size=1): there is nothing to gather, "
+            "the penalty uses the local batch. It all-gathers Z and S when several processes are launched "
+            "(accelerate launch --multi_gpu --num_processes N, or torchrun).",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            f"gather_features=True with world_size={world_size}, but torch.distributed "
+            f"{'is not available in this torch build' if not dist.is_available() else 'has no process group'}: "
+            "launch with accelerate launch or torchrun, or set gather_features=False"
+        )
+    if dist.get_world_size() != world_size:
+        raise ValueError(
+            f"gather_features=True: the training arguments use world_size={world_size} but the torch.distributed "
+            f"process group has {dist.get_world_size()} processes"
         )
 
 

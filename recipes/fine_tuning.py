@@ -130,13 +130,17 @@ class ScriptArguments:
         metadata={"help": "total training examples (stratified by class for classification); replaces "
                           "--num_train_per_class"},
     )  # fmt: skip
+    # help strings are %-formatted by argparse: write a literal percent sign as %% (tests/test_cli.py)
     validation_size: int | None = field(
         default=None,
-        metadata={"help": "validation examples (model selection); default 100 (BBC), 400 (20NG), 10%"},
-    )
+        metadata={"help": "validation examples (model selection); default 100 (BBC), 400 (20NG), else 10%% "
+                          "of the data"},
+    )  # fmt: skip
     test_size: int | None = field(
         default=None,
-        metadata={"help": "test examples (report); default 500 (BBC), 1000 (20NG), 20% or the test split"},
+        metadata={
+            "help": "test examples (report); default 500 (BBC), 1000 (20NG), else 20%% or the test split"
+        },
     )
     split_seed: int = field(
         default=0, metadata={"help": "seed of the validation / test split (fixed across seeds)"}
@@ -175,6 +179,14 @@ class ScriptArguments:
         metadata={"help": "no training: rebuild the summary, table and plot from <output_dir>/results.json, keeping "
                           "the seeds that every method finished (for an interrupted run)"},
     )  # fmt: skip
+    monitor: bool = field(
+        default=False,
+        metadata={"help": "add hf_knife.KNIFEMonitorCallback: entropy and I(Z; label) of three encoder layers on the "
+                          "validation split, logged as knife_monitor/*, information plane in each run's folder"},
+    )  # fmt: skip
+    monitor_every_n_steps: int = field(
+        default=200, metadata={"help": "with --monitor: measure every this many optimizer steps"}
+    )
 
 
 @dataclass
@@ -818,6 +830,10 @@ def run(script: ScriptArguments, training: FineTuningArguments) -> dict[str, Any
                 model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
                 data_collator=collator, compute_metrics=compute_metrics, knife_config=knife_config, callbacks=[best],
             )  # fmt: skip
+            if script.monitor:
+                from hf_knife.callbacks import KNIFEMonitorCallback
+
+                trainer.add_callback(KNIFEMonitorCallback(validation, every_n_steps=script.monitor_every_n_steps))
             train_output = trainer.train()
             if best.state is None:  # no evaluation happened (e.g. --max_steps shorter than an epoch)
                 val = trainer.evaluate(validation)
@@ -871,7 +887,8 @@ def run(script: ScriptArguments, training: FineTuningArguments) -> dict[str, Any
 
 
 #: Script arguments that may differ between a resumed run and the one it continues.
-_RESUME_FREE = {"methods", "seeds", "beta", "vib_beta", "resume", "push_method", "plot", "report_only"}
+_RESUME_FREE = {"methods", "seeds", "beta", "vib_beta", "resume", "push_method", "plot", "report_only", "monitor",
+                "monitor_every_n_steps"}  # fmt: skip
 
 
 def previous_rows(output_dir: Path, setting: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
