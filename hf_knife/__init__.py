@@ -43,6 +43,7 @@ _LAZY = {
     "PenaltyOutput": "penalties",
     "build_penalty": "penalties",
     "all_gather_with_grad": "distributed",
+    "KNIFEMonitorCallback": "callbacks",
 }
 
 __all__ = [
