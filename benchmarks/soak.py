@@ -112,17 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--penalties", nargs="+", default=list(PENALTIES), choices=PENALTIES)
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--budget", action="store_true", help="also run each penalty with a target (budget)")
+    parser.add_argument("--budget_only", action="store_true", help="run only the budgeted runs")
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from hf_knife import KNIFEConfig
 
     has_budget = "target" in {f.name for f in dataclasses.fields(KNIFEConfig)}
-    if args.budget and not has_budget:
+    if (args.budget or args.budget_only) and not has_budget:
         print("note: this version of KNIFEConfig has no `target`; budget runs skipped", file=sys.stderr)
     rows = []
-    runs = [(p, t, False) for p in args.penalties for t in args.dtypes]
-    if args.budget and has_budget:
+    runs = [] if args.budget_only else [(p, t, False) for p in args.penalties for t in args.dtypes]
+    if (args.budget or args.budget_only) and has_budget:
         runs += [(p, t, True) for p in args.penalties if p in BUDGET_TARGETS for t in args.dtypes]
     import tempfile
 
