@@ -96,11 +96,15 @@ class KernelBase(
         )
 
     def _bounded_log_diag(self, log_diag: Tensor) -> Tensor:
-        """Clamp ``log_diag`` to the bandwidth bounds (bandwidth = exp(-log_diag)), if any."""
+        """Clamp ``log_diag`` to the bandwidth bounds (bandwidth = exp(-log_diag)), if any, and always below the
+        representable limit of its dtype: the GEMM form squares ``exp(log_diag)``, which overflows to inf (and
+        ``0 * inf = NaN``) above ``log(max) / 2`` (about 44 in fp32: bandwidths below 1e-19, far below any data
+        scale, reached only on constant samples)."""
+        representable = 0.5 * math.log(torch.finfo(log_diag.dtype).max) - 1.0
         if self.bandwidth_bounds is None:
-            return log_diag
+            return log_diag.clamp(max=representable)
         low, high = self.bandwidth_bounds
-        return log_diag.clamp(-math.log(high), -math.log(low))
+        return log_diag.clamp(-math.log(high), min(-math.log(low), representable))
 
     def _density_parameters(self) -> tuple[tuple[Tensor, Tensor, Tensor], dict]:
         """Positional ``(loc, log_diag, mixture_logits)`` and keyword arguments of the functional density."""
