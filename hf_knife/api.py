@@ -1,8 +1,10 @@
 """One-call estimators: ``estimate_entropy(x)`` and ``estimate_mutual_information(x, y)`` on arrays.
 
-Both split the samples into a fitting split, a validation split (early stopping, learning-rate decay) and a
-held-out test split on which the estimate and its standard error are reported: a cross-entropy evaluated on the
-samples it was fitted to is biased low. Samples are standardised first (entropy is corrected by
+Both split the samples into a fitting split, a validation split (early stopping, learning-rate decay, model
+selection) and a held-out test split on which the estimate and its standard error are reported: a cross-entropy
+evaluated on the samples it was fitted to is biased low. (The calibrated readout of I(X; S) for class labels
+reports on every sample outside the validation split instead, by cross-fitting: see
+:func:`estimate_mutual_information`.) Samples are standardised first (entropy is corrected by
 ``sum_j log std_j``, MI is invariant), which makes the defaults independent of the data's scale.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +24,42 @@ from tqdm.auto import tqdm
 
 from .estimators import DoEEstimator, KNIFEEstimator, MarginalKernel, MixtureMIEstimator, SchraudolphKernel
 from .estimators.baselines import doe_mutual_information, knn_entropy, ksg_mutual_information
+from .estimators.degenerate import find_degenerate_directions
 from .estimators.functional import COVARIANCE_TYPES
+from .estimators.mutual_information import (
+    CalibratedMixtureMIEstimator,
+    calibrated_log_posterior,
+    fit_temperature,
+    pooled_whitening,
+)
 from .estimators.validation import as_tensor, check_choice, check_labels, check_samples
 
 __all__ = ["EstimationResult", "estimate_entropy", "estimate_mutual_information"]
 
 ENTROPY_METHODS = ("knife", "schraudolph", "doe", "knn")
 MI_METHODS = ("knife", "doe", "ksg")
+#: How a discrete-label MI is read out: ``calibrated`` (default) selects a configuration of the class kernels on
+#: validation data and calibrates their posterior; ``likelihood`` is the raw mixture fit of earlier versions.
+DISCRETE_READOUTS = ("calibrated", "likelihood")
+#: Configurations of the class kernels the calibrated readout chooses from, as (input map, kernels):
+#: ``standardize`` (per-coordinate) or ``whiten`` (pooled within-class covariance, Ledoit-Wolf; see
+#: :func:`~hf_knife.estimators.mutual_information.pooled_whitening`); ``tied`` (K = 1, one diagonal shared by all
+#: classes, closed form: linear discriminant analysis), ``class`` (K = 1, a diagonal per class, closed form),
+#: ``full`` (K = 1, a Ledoit-Wolf shrunk full covariance per class, closed form: regularised quadratic
+#: discriminant analysis) or ``mixture`` (the KNIFE mixture of ``num_components`` / ``covariance``, fitted by
+#: likelihood with Adam). Listed from the fewest fitted parameters to the most: the first configuration whose
+#: validation cross-entropy is within one standard error of the best one's is kept (the one-standard-error rule).
+READOUT_CONFIGURATIONS = (
+    ("standardize", "tied"),
+    ("whiten", "tied"),
+    ("standardize", "class"),
+    ("whiten", "class"),
+    ("whiten", "full"),
+    ("whiten", "mixture"),
+)
+#: Kernel bandwidth bounds (min, max) in units of each standardised coordinate's spread: maximum likelihood
+#: shrinks kernels onto duplicated rows without limit; the floor keeps every estimate finite.
+BANDWIDTH_BOUNDS = (1e-3, 1e3)
 
 
 @dataclass
@@ -118,6 +150,56 @@ def _split(
     return order[num_test + num_validation :], order[num_test : num_test + num_validation], order[:num_test]
 
 
+def _warn_duplicated_rows(x: Tensor, name: str) -> None:
+    """Warn when ``x [N, d]`` repeats rows: a distribution with atoms has entropy -inf (the estimate then reflects
+    the bandwidth floor)."""
+    repeated = x.shape[0] - torch.unique(x, dim=0).shape[0]
+    if repeated:
+        warnings.warn(
+            f"{name} has {repeated} duplicated rows of {x.shape[0]}: samples with atoms have differential entropy "
+            f"-inf; kernels are kept at a bandwidth of at least {BANDWIDTH_BOUNDS[0]:g} of each coordinate's spread, "
+            "so the estimate stays finite but depends on that floor",
+            stacklevel=3,
+        )
+
+
+def _check_entropy_degenerate(x: Tensor, train_index: Tensor) -> None:
+    """h(X) is -inf on constant or linearly dependent coordinates: refuse them, naming the coordinates."""
+    found = find_degenerate_directions(x[train_index])
+    if found.constant or found.duplicated or found.rank_deficient:
+        raise ValueError(
+            found.describe("x") + " (zero variance or linear dependence): its differential entropy is -inf (the "
+            "samples lie on a lower-dimensional set); drop those coordinates, or estimate the entropy of a PCA of x"
+        )
+    if found.near_constant:
+        warnings.warn(found.describe("x") + "; their entropy is very negative but finite", stacklevel=3)
+    _warn_duplicated_rows(x[train_index], "x")
+
+
+def _reduce_degenerate(x: Tensor, train_index: Tensor, name: str) -> Tensor:
+    """For MI: drop constant coordinates of ``x [N, d]`` and keep the principal subspace of linearly dependent
+    ones (an invertible map of the data, so I(X; Y) is unchanged); warns naming them. ``[N, d'] `` with d' <= d."""
+    found = find_degenerate_directions(x[train_index])
+    if found.near_constant:
+        warnings.warn(found.describe(name) + "; they are kept", stacklevel=3)
+    if not (found.constant or found.duplicated or found.rank_deficient):
+        return x
+    keep = [j for j in range(x.shape[1]) if j not in set(found.constant) | {j for _, j in found.duplicated}]
+    x = x[:, keep]  # [N, L]
+    remaining = find_degenerate_directions(x[train_index])
+    if remaining.rank_deficient and remaining.rank is not None:  # dependent beyond duplicated pairs
+        train = x[train_index]
+        mean, std = train.mean(0), train.std(0)  # [L]
+        _, _, vh = torch.linalg.svd((train - mean) / std, full_matrices=False)  # vh [L, L]
+        x = ((x - mean) / std) @ vh[: remaining.rank].T  # [N, rank]
+    warnings.warn(
+        found.describe(name) + f"; I(X; Y) does not change when they are removed: estimating on {x.shape[1]} "
+        f"coordinates of {name} instead of {found.dim}",
+        stacklevel=3,
+    )
+    return x
+
+
 def _standardize(x: Tensor, train_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     mean = x[train_index].mean(0)  # [d]
     std = x[train_index].std(0, unbiased=len(train_index) > 1)  # [d]
@@ -159,6 +241,7 @@ def _fit(
     best_loss, best_state, stale, history = math.inf, copy.deepcopy(module.state_dict()), 0, []
     batch_size = min(batch_size, len(train_index))
     order, cursor, running = train_index[torch.randperm(len(train_index), generator=generator)], 0, []
+    first_loss = math.nan
     with tqdm(
         total=max_steps, desc=description, disable=None if progress is None else not progress, leave=False
     ) as bar:
@@ -168,10 +251,13 @@ def _fit(
             batch = order[cursor : cursor + batch_size]
             cursor += batch_size
             loss = loss_fn(batch)
-            if not torch.isfinite(loss):
+            if step == 1:
+                first_loss = loss.item()
+            # bandwidth bounds keep a diverging fit finite: catch it by its size (100x its start) instead
+            if not torch.isfinite(loss) or loss.item() > first_loss + 100.0 * (abs(first_loss) + 1.0):
                 raise FloatingPointError(
-                    f"the fitting loss became {loss.item()} at step {step}; lower lr (now "
-                    f"{optimizer.param_groups[0]['lr']:.2g}) or set bandwidth_bounds"
+                    f"the fitting loss diverged to {loss.item():.4g} at step {step} (it started at {first_loss:.4g}); "
+                    f"lower lr (now {optimizer.param_groups[0]['lr']:.2g}) or set bandwidth_bounds"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -224,14 +310,218 @@ def _fit_marginal(
     if method == "schraudolph":
         num_components = min(num_components, len(train_index) - 1)
         centres, train_index = train_index[:num_components], train_index[num_components:]
-        module = SchraudolphKernel(dim, num_components, covariance, rank=rank).to(device)
+        module = SchraudolphKernel(dim, num_components, covariance, rank=rank, bandwidth_bounds=BANDWIDTH_BOUNDS)
+        module = module.to(device)
         module.init_from_samples(z[centres])
     else:
-        module = MarginalKernel(dim, num_components, covariance, rank=rank).to(device)
+        module = MarginalKernel(dim, num_components, covariance, rank=rank, bandwidth_bounds=BANDWIDTH_BOUNDS)
+        module = module.to(device)
         module.init_from_samples(z[train_index])
     history = _fit(module, lambda index: module(z[index]), train_index, validation_index, generator=generator,
                    description=f"fitting {method} (K={num_components})", **fit_options)  # fmt: skip
     return module, history
+
+
+# ----------------------------------------------------------------------------------------------- discrete readout
+def _default_num_components(num_train: int) -> int:
+    return int(min(16, max(1, num_train // 32)))
+
+
+def _mi_component_grid(num_train: int) -> list[int]:
+    """Mixture sizes tried for a continuous ``y`` when ``num_components`` is not given (best validation loss)."""
+    return [k for k in (1, 4, 16) if k == 1 or 32 * k <= num_train]
+
+
+def _build_readout(
+    configuration: tuple[str, str],
+    z: Tensor,
+    labels: Tensor,
+    fit_index: Tensor,
+    validation_index: Tensor | None,
+    num_classes: int,
+    mixture_options: dict[str, Any],
+    fit_options: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    fixed_steps: int | None = None,
+) -> tuple[CalibratedMixtureMIEstimator, list[dict[str, float]]]:
+    """Fit one :data:`READOUT_CONFIGURATIONS` entry on ``z[fit_index]`` (temperature left at 1).
+
+    The closed-form kernels need no iterations; the ``mixture`` stops early on ``validation_index``, or runs
+    ``fixed_steps`` Adam steps when it is ``None`` (the cross-fitted refits, which have no validation split).
+    """
+    transform, kernels = configuration
+    if kernels == "mixture":
+        options = dict(mixture_options)
+    else:
+        covariance = "full" if kernels == "full" else "diagonal"
+        options = dict(num_components=1, covariance=covariance, bandwidth_bounds=BANDWIDTH_BOUNDS)
+    z_fit, labels_fit = z[fit_index], labels[fit_index]  # [N_fit, d], [N_fit]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        estimator = CalibratedMixtureMIEstimator(z.shape[1], num_classes, **options).to(device)
+        if transform == "whiten":
+            estimator.set_transform(*pooled_whitening(z_fit, labels_fit, num_classes))
+        estimator.init_from_samples(z_fit, labels_fit)
+        if kernels != "mixture":
+            return estimator.fit_gaussians(z_fit, labels_fit, tied=kernels == "tied"), []
+        generator = torch.Generator().manual_seed(seed + 1)
+
+        def loss_fn(index: Tensor) -> Tensor:
+            return estimator(z[index], labels[index]).loss
+
+        description = f"fitting knife MI readout ({transform}, K={estimator.conditional.num_components})"
+        if fixed_steps is None:
+            assert validation_index is not None
+            history = _fit(estimator, loss_fn, fit_index, validation_index, generator=generator,
+                           description=description, **fit_options)  # fmt: skip
+        else:  # one evaluation, at the last step, on the fitting samples: the final parameters are kept
+            options = {**fit_options, "max_steps": fixed_steps, "eval_every": fixed_steps, "patience": 1}
+            history = _fit(estimator, loss_fn, fit_index, fit_index, generator=generator, description=description,
+                           **options)  # fmt: skip
+    return estimator, history
+
+
+def _log_prior(estimator: CalibratedMixtureMIEstimator) -> Tensor:
+    """The estimator's class log-prior, renormalised in float64 on the CPU: ``[C]`` (a float32 prior sums to 1 only
+    to 1e-8, which would put T = 0 readouts at 1e-9 instead of 0)."""
+    log_prior = estimator.log_prior.detach().double().cpu()  # [C]
+    return log_prior - torch.logsumexp(log_prior, 0)
+
+
+def _best_step(history: list[dict[str, float]]) -> int:
+    """Step of the lowest validation loss of a fit (the parameters :func:`_fit` keeps)."""
+    return int(min(history, key=lambda entry: entry["validation_loss"])["step"]) if history else 1
+
+
+def _label_cross_entropy(log_likelihoods: Tensor, labels: Tensor, log_prior: Tensor, temperature: float) -> Tensor:
+    """Per-sample ``-log q_T(s_n | x_n)``: ``[N]``."""
+    log_posterior = calibrated_log_posterior(log_likelihoods, log_prior, temperature)  # [N, C]
+    return -log_posterior.gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+def _discrete_readout(
+    z: Tensor,
+    labels: Tensor,
+    train_index: Tensor,
+    validation_index: Tensor,
+    test_index: Tensor,
+    num_classes: int,
+    *,
+    folds: int,
+    mixture_options: dict[str, Any],
+    fit_options: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    generator: torch.Generator,
+) -> tuple[Tensor, CalibratedMixtureMIEstimator, list[dict[str, float]], dict[str, float]]:
+    """The calibrated estimate of I(Z; S) for labels ``[N]`` and standardised ``z [N, d]``.
+
+    1. *Selection*: every :data:`READOUT_CONFIGURATIONS` entry is fitted on the training split; a temperature is
+       fitted on the validation split (:func:`fit_temperature`), and of the configurations whose calibrated
+       validation cross-entropy of ``S`` given ``Z`` is within one standard error of the lowest, the first
+       (simplest) is kept.
+    2. *Report*: with ``folds == 1``, on the test split. Otherwise the samples outside the validation split are
+       cross-fitted: cut into ``folds`` folds, each is scored by the kept configuration refitted on everything
+       else (the validation split included), so each sample is scored by kernels that never saw it; the
+       temperature of each random half is fitted on the other half (both 0 unless both pass the likelihood-ratio
+       test of :func:`fit_temperature`). The estimate is the mean over all of them.
+
+    Returns per-sample ``log q_T(s|x) - log p(s)`` ``[N_report]`` (float64, CPU), the selected estimator
+    (fitted on the training split, temperature from the validation split), its history, and details.
+    """
+    validation_labels = labels[validation_index].cpu()
+    details: dict[str, float] = {}
+    fitted = []  # (configuration, estimator, history, per-sample validation cross-entropy [N_val])
+    for offset, configuration in enumerate(READOUT_CONFIGURATIONS):
+        estimator, history = _build_readout(
+            configuration, z, labels, train_index, validation_index, num_classes, mixture_options, fit_options,
+            seed + 7 * offset, device,
+        )  # fmt: skip
+        estimator.eval()
+        with torch.no_grad():
+            log_likelihoods = estimator.all_log_probs(z[validation_index]).double().cpu()  # [N_val, C]
+        log_prior = _log_prior(estimator)  # [C]
+        temperature = fit_temperature(log_likelihoods, validation_labels, log_prior)
+        estimator.temperature.fill_(temperature)
+        cross_entropy = _label_cross_entropy(log_likelihoods, validation_labels, log_prior, temperature)  # [N_val]
+        details["validation_cross_entropy/" + "+".join(configuration)] = float(cross_entropy.mean())
+        fitted.append((configuration, estimator, history, cross_entropy))
+        if offset == 0:
+            prior_ce = _label_cross_entropy(log_likelihoods, validation_labels, log_prior, 0.0).mean()
+            details["validation_cross_entropy/prior"] = float(prior_ce)
+    best = min(range(len(fitted)), key=lambda i: float(fitted[i][3].mean()))
+    # one-standard-error rule on the paired per-sample differences: the simplest configuration not worse than the
+    # best by more than the noise of the validation split
+    keep = next(
+        i for i in range(len(fitted))
+        if float((fitted[i][3] - fitted[best][3]).mean()) <= _stderr(fitted[i][3] - fitted[best][3]) or i == best
+    )  # fmt: skip
+    configuration, selected, history, _ = fitted[keep]
+    details.update(
+        configuration=float(READOUT_CONFIGURATIONS.index(configuration)),
+        whiten=float(configuration[0] == "whiten"),
+        tied=float(configuration[1] == "tied"),
+        num_components=float(selected.conditional.num_components),
+        folds=float(folds),
+        validation_temperature=float(selected.temperature),
+    )
+
+    if folds <= 1:
+        report = test_index
+        with torch.no_grad():
+            log_likelihoods = selected.all_log_probs(z[report]).double().cpu()  # [N_test, C]
+        log_prior = _log_prior(selected).expand_as(log_likelihoods)  # [N_test, C]
+        temperatures = torch.full((len(report),), float(selected.temperature), dtype=torch.float64)  # [N_test]
+    else:
+        report = torch.cat([train_index, test_index])
+        report = report[torch.randperm(len(report), generator=generator)]  # [N_report]
+        fold_of = torch.arange(len(report)) % folds  # [N_report]
+        log_likelihoods = torch.empty(len(report), num_classes, dtype=torch.float64)  # [N_report, C]
+        log_prior = torch.empty_like(log_likelihoods)  # [N_report, C]
+        fixed_steps = _best_step(history) if configuration[1] == "mixture" else None
+        for fold in range(folds):
+            held = fold_of == fold  # [N_report]
+            fitting = torch.cat([report[~held], validation_index])
+            estimator, _ = _build_readout(
+                configuration, z, labels, fitting, None, num_classes, mixture_options, fit_options,
+                seed + 1009 * (fold + 1), device, fixed_steps=fixed_steps,
+            )  # fmt: skip
+            estimator.eval()
+            with torch.no_grad():
+                log_likelihoods[held] = estimator.all_log_probs(z[report[held]]).double().cpu()
+            log_prior[held] = _log_prior(estimator)
+        half = torch.randperm(len(report), generator=generator) % 2  # [N_report]  two random halves
+        report_labels = labels[report].cpu()
+        temperatures = torch.empty(len(report), dtype=torch.float64)  # [N_report]
+        fitted_temperatures = []
+        for side in (0, 1):
+            calibrate, apply = half == side, half != side
+            temperature = fit_temperature(log_likelihoods[calibrate], report_labels[calibrate], log_prior[calibrate])
+            temperatures[apply] = temperature
+            fitted_temperatures.append(temperature)
+            details[f"temperature_fitted_on_half{side}"] = temperature
+        if min(fitted_temperatures) == 0.0:
+            # dependence must pass the likelihood-ratio test on both halves: a temperature fitted to noise on one
+            # half reads slightly below zero on the other (about one time in ten under independence otherwise)
+            temperatures.zero_()
+
+    report_labels = labels[report].cpu()
+    own_prior = log_prior.gather(1, report_labels.view(-1, 1)).squeeze(1)  # [N_report]
+    log_posterior = torch.log_softmax(log_prior + temperatures.unsqueeze(1) * log_likelihoods, dim=1)  # [N, C]
+    own_posterior = log_posterior.gather(1, report_labels.view(-1, 1)).squeeze(1)  # [N_report]
+    own_likelihood = log_likelihoods.gather(1, report_labels.view(-1, 1)).squeeze(1)  # [N_report]
+    marginal_nll = -torch.logsumexp(log_prior + log_likelihoods, dim=1)  # [N_report]  untempered kernels
+    details.update(
+        label_entropy=float(-own_prior.mean()),
+        conditional_label_entropy=float(-own_posterior.mean()),
+        temperature=float(temperatures.mean()),
+        marginal_entropy=float(marginal_nll.mean()),
+        conditional_entropy=float(-own_likelihood.mean()),
+        uncalibrated_mutual_information=float((marginal_nll + own_likelihood).mean()),
+        num_reported=float(len(report)),
+    )
+    return own_posterior - own_prior, selected, history, details
 
 
 # ----------------------------------------------------------------------------------------------- public API
@@ -291,6 +581,7 @@ def estimate_entropy(
     device = _resolve_device(device)
     generator = torch.Generator().manual_seed(seed)
     train_index, validation_index, test_index = _split(n, validation_fraction, test_fraction, generator)
+    _check_entropy_degenerate(x, train_index)
     z, mean, std = _standardize(x, train_index)
     z = z.to(device=device, dtype=torch.float32)
     log_jacobian = float(std.double().log().sum())  # h(x) = h(z) + sum_j log std_j
@@ -341,10 +632,12 @@ def estimate_mutual_information(
     method: str = "knife",
     discrete: bool | None = None,
     discrete_marginal: str = "mixture",
+    readout: str = "calibrated",
+    folds: int = 5,
     num_components: int | None = None,
     covariance: str = "auto",
     rank: int | None = None,
-    hidden_dims: tuple[int, ...] = (128, 128),
+    hidden_dims: tuple[int, ...] = (32, 32),
     k: int = 3,
     device: str | torch.device | None = None,
     seed: int = 0,
@@ -359,6 +652,17 @@ def estimate_mutual_information(
 ) -> EstimationResult:
     """Estimate I(X; Y) = h(X) - h(X|Y) in nats from paired samples.
 
+    For class labels ``y`` the default readout is calibrated (``readout="calibrated"``): KNIFE class kernels
+    q(x | s) give the class posterior q(s | x) = p(s) q(x | s) / q(x), and I(X; Y) = h(X) - h(X|Y) is read as
+    ``mean log q(s|x) / p(s)`` on samples the kernels never saw. In high dimension, kernels fitted by likelihood
+    are over-confident off their fitting samples and that mean falls far below zero; so a temperature T on the
+    class log-likelihoods, ``q_T(s|x) ∝ p(s) q(x|s)^T``, is fitted on held-out samples (T = 0 is the prior, so the
+    estimate is then >= 0 up to noise), and the kernel configuration (:data:`READOUT_CONFIGURATIONS`: whitening by
+    the pooled within-class covariance or not; one Gaussian per class, tied or not, in closed form; or the KNIFE
+    mixture) is chosen by the calibrated cross-entropy on the validation split. This is the Barber-Agakov bound:
+    in expectation it does not exceed the truth, and it falls short by what the kernels miss (in d = 384 from
+    4,000 samples, about 10 to 25% of I for Gaussian classes).
+
     Args:
         x: ``[N, d]`` continuous samples (numpy or torch).
         y: ``[N, d_y]`` continuous, or ``[N]`` integer class labels (discrete; any number of classes).
@@ -367,17 +671,37 @@ def estimate_mutual_information(
         discrete_marginal: for discrete ``y``, ``"mixture"`` (default) estimates h(X) with the class kernels
             weighted by the class frequencies (:class:`~hf_knife.MixtureMIEstimator`: the estimate cannot exceed
             H(Y) by more than the prior's error, and shares the kernels' errors, hence a low variance);
-            ``"kernel"`` fits a separate marginal kernel (:class:`~hf_knife.KNIFEEstimator`).
-        num_components: mixture size ``K`` of both kernels (default 16).
-        hidden_dims: MLP widths of the continuous conditional kernel.
+            ``"kernel"`` fits a separate marginal kernel (:class:`~hf_knife.KNIFEEstimator`; no calibration).
+        readout: for ``discrete_marginal="mixture"``: ``"calibrated"`` (default, above; ``result.estimator`` is a
+            :class:`~hf_knife.estimators.mutual_information.CalibratedMixtureMIEstimator`) or ``"likelihood"``
+            (one mixture of ``num_components`` fitted by likelihood and read as is: the estimator of earlier
+            versions, biased low in high dimension).
+        folds: calibrated readout only. ``1``: report on the test split. ``> 1`` (default 5): report on every
+            sample outside the validation split by cross-fitting (each fold scored by kernels refitted on the
+            other samples, the temperature of each half fitted on the other); more fitting samples, a smaller
+            error, and exactly 0 unless the dependence is significant on both halves.
+        num_components: mixture size ``K`` of both kernels. Default: for a continuous ``y``, K in (1, 4, 16)
+            (those with at least 32 fitting samples per component) are each fitted and the one with the lowest
+            validation loss is kept; for class labels ``min(16, N_train // 32)``.
+        hidden_dims: MLP widths of the continuous conditional kernel. The default (32, 32) is small on purpose:
+            on a fixed sample a wider conditional memorises its fitting pairs (on 20,000 Gaussian pairs in 10
+            dimensions, (128, 128) overestimated h(X|Y) by 0.26 nats on held-out pairs, (32, 32) with K = 1 by 0.04).
         Other options as in :func:`estimate_entropy`.
 
     Returns:
         :class:`EstimationResult`; ``details`` holds the held-out ``marginal_entropy`` and ``conditional_entropy``
-        of the standardised ``x``.
+        of the standardised ``x`` (for the calibrated readout: of the untempered kernels, whose difference is
+        ``uncalibrated_mutual_information``), and for the calibrated readout ``label_entropy`` (H(S) from the
+        prior), ``conditional_label_entropy`` (cross-entropy of q_T(s|x); the estimate is their difference),
+        ``temperature``, the ``validation_cross_entropy/...`` of each configuration and the one kept
+        (``whiten``, ``tied``, ``num_components``). ``stderr`` is over the reported samples; it leaves out the
+        spread from refitting the kernels on other samples.
     """
     check_choice(method, "method", MI_METHODS)
     check_choice(discrete_marginal, "discrete_marginal", ("mixture", "kernel"))
+    check_choice(readout, "readout", DISCRETE_READOUTS)
+    if not isinstance(folds, int) or folds < 1:
+        raise ValueError(f"folds must be a positive integer, got {folds!r}")
     x = _prepare_x(x)
     y, discrete = _prepare_y(y, x.shape[0], discrete)
     n, d = x.shape
@@ -392,6 +716,16 @@ def estimate_mutual_information(
     device = _resolve_device(device)
     generator = torch.Generator().manual_seed(seed)
     train_index, validation_index, test_index = _split(n, validation_fraction, test_fraction, generator)
+    x = _reduce_degenerate(x, train_index, "x")
+    if not discrete:
+        y = _reduce_degenerate(y, train_index, "y")
+    constant = [name for name, v in (("x", x), ("y", y)) if v.dim() == 2 and v.shape[1] == 0]
+    if constant:  # a constant variable shares no information with anything: I = 0 exactly
+        warnings.warn(f"{' and '.join(constant)} is constant on the fitting split: I(X; Y) = 0", stacklevel=2)
+        return EstimationResult(0.0, 0.0, method, num_samples={"train": len(train_index)},
+                                details={"constant": float(len(constant))})  # fmt: skip
+    _warn_duplicated_rows(x[train_index], "x")
+    d = x.shape[1]
     z, mean, std = _standardize(x, train_index)
     if not discrete:
         y, _, _ = _standardize(y, train_index)
@@ -403,25 +737,70 @@ def estimate_mutual_information(
     y = y.to(device) if discrete else y.to(device=device, dtype=torch.float32)
     covariance = _default_covariance(d) if covariance == "auto" else covariance
     check_choice(covariance, "covariance", COVARIANCE_TYPES)
-    num_components = num_components or int(min(16, max(1, len(train_index) // 32)))
+    if num_components is None and not discrete:
+        candidates = _mi_component_grid(len(train_index))
+    else:
+        candidates = [num_components or _default_num_components(len(train_index))]
+    num_components = candidates[-1]
     num_classes = int(y.max()) + 1 if discrete else None
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        options = dict(num_components=num_components, covariance=covariance, rank=rank)
-        if discrete and discrete_marginal == "mixture":
-            estimator = MixtureMIEstimator(d, num_classes, **options).to(device)
-        else:
-            estimator = KNIFEEstimator(
-                d, cond_dim=None if discrete else y.shape[1], num_classes=num_classes, hidden_dims=tuple(hidden_dims),
-                **options,
-            ).to(device)  # fmt: skip
-        estimator.init_from_samples(z[train_index], y[train_index])
-        history = _fit(
-            estimator, lambda index: estimator(z[index], y[index]).loss, train_index, validation_index,
-            max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
-            generator=generator, progress=progress, description="fitting knife MI",
+    if discrete and discrete_marginal == "mixture" and readout == "calibrated":
+        assert num_classes is not None
+        mixture_options = dict(
+            num_components=num_components, covariance=covariance, rank=rank, bandwidth_bounds=BANDWIDTH_BOUNDS
+        )
+        fit_options = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                           patience=patience, progress=progress)  # fmt: skip
+        pointwise_mi, estimator, history, details = _discrete_readout(
+            z, y, train_index, validation_index, test_index, num_classes, folds=folds,
+            mixture_options=mixture_options, fit_options=fit_options, seed=seed, device=device, generator=generator,
         )  # fmt: skip
-    estimator.eval()
+        return EstimationResult(
+            estimate=float(pointwise_mi.mean()),
+            stderr=_stderr(pointwise_mi),
+            method=method,
+            estimator=estimator,
+            num_samples={"train": len(train_index), "validation": len(validation_index), "test": len(pointwise_mi)},
+            history=history,
+            details=details,
+            standardization=(mean, std),
+        )
+    best: tuple[float, nn.Module, list] | None = None
+    selection: dict[str, float] = {}
+    for candidate in candidates:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            options = dict(
+                num_components=candidate, covariance=covariance, rank=rank, bandwidth_bounds=BANDWIDTH_BOUNDS
+            )
+            if discrete and discrete_marginal == "mixture":
+                estimator = MixtureMIEstimator(d, num_classes, **options).to(device)
+            else:
+                estimator = KNIFEEstimator(
+                    d, cond_dim=None if discrete else y.shape[1], num_classes=num_classes,
+                    hidden_dims=tuple(hidden_dims), **options,
+                ).to(device)  # fmt: skip
+            estimator.init_from_samples(z[train_index], y[train_index])
+            # one candidate: batches continue the split's generator (the estimates of earlier versions)
+            batches = generator if len(candidates) == 1 else torch.Generator().manual_seed(seed + 1)
+            history = _fit(
+                estimator, lambda index, module=estimator: module(z[index], y[index]).loss, train_index,
+                validation_index,
+                max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
+                generator=batches, progress=progress, description=f"fitting knife MI (K={candidate})",
+            )  # fmt: skip
+        estimator.eval()
+        if len(candidates) > 1:
+            with torch.no_grad():
+                validation_loss = float(estimator(z[validation_index], y[validation_index]).loss)
+            selection[f"validation_loss_K{candidate}"] = validation_loss
+        else:
+            validation_loss = 0.0
+        if best is None or validation_loss < best[0]:
+            best = (validation_loss, estimator, history)
+    assert best is not None
+    _, estimator, history = best
+    if len(candidates) > 1:
+        selection["num_components"] = float(estimator.marginal.num_components)
     with torch.no_grad():
         marginal_nll, conditional_nll = (
             t.double().cpu() for t in estimator.pointwise(z[test_index], y[test_index])
@@ -437,6 +816,7 @@ def estimate_mutual_information(
         details={
             "marginal_entropy": float(marginal_nll.mean()),
             "conditional_entropy": float(conditional_nll.mean()),
+            **selection,
         },
         standardization=(mean, std),
     )

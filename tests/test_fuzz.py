@@ -717,17 +717,9 @@ def test_estimate_mutual_information_is_finite(data, method, cov):
     api_mi_test(data, method, cov, "test_estimate_mutual_information_is_finite")
 
 
-CALIBRATED_READOUT_BUG = (
-    "bug in hf_knife/estimators/mutual_information.py (not owned here): MixtureMIEstimator.fit_gaussians gives a "
-    "class with 2 fitting samples its own Ledoit-Wolf covariance, which is singular (sklearn's shrinkage is 0 for "
-    "2 samples), and torch.linalg.cholesky raises _LinAlgError; estimate_mutual_information(readout='calibrated') "
-    "then crashes on ordinary Gaussian data"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=torch.linalg.LinAlgError, reason=CALIBRATED_READOUT_BUG)
 def test_estimate_mutual_information_calibrated_readout_with_a_small_class():
-    """The smallest case hypothesis found: 8 Gaussian samples in d = 2, classes of 3 and 5 samples."""
+    """The smallest case hypothesis found: 8 Gaussian samples in d = 2, classes of 3 and 5 samples (a class with 2
+    fitting samples got its own singular Ledoit-Wolf covariance, and cholesky raised)."""
     x = np.random.default_rng(0).standard_normal((8, 2)).astype(np.float32)
     y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
     count("test_estimate_mutual_information_calibrated_readout_with_a_small_class")
@@ -736,14 +728,6 @@ def test_estimate_mutual_information_calibrated_readout_with_a_small_class():
     assert_finite(result.estimate, "MI estimate")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in hf_knife/api.py (not owned here): when x, or a continuous y, has no non-constant coordinate on the "
-    "fitting split, _reduce_degenerate drops every column and estimate_mutual_information fails with a torch "
-    "RuntimeError ('There are 0 sized dimensions...', from _warn_duplicated_rows' torch.unique) for x, or a "
-    "ValueError about 'cond_dim ... got 0' for y, instead of returning I = 0 or a ValueError that says the "
-    "variable is constant",
-)
 @fuzz_settings(20)
 @given(data=st.data(), which=st.sampled_from(["x", "y"]), discrete=st.booleans())
 def test_estimate_mutual_information_of_a_constant_variable(data, which, discrete):
@@ -781,7 +765,6 @@ def test_estimate_mutual_information_slow(data, method, cov):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=CALIBRATED_READOUT_BUG)
 @fuzz_settings(100)
 @given(**MI_GIVEN)
 def test_estimate_mutual_information_calibrated_readout_slow(data, method, cov):

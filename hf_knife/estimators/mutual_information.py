@@ -1,4 +1,5 @@
-"""KNIFEEstimator: I(X; Y) = h(X) - h(X | Y) from a marginal and a conditional kernel."""
+"""KNIFEEstimator: I(X; Y) = h(X) - h(X | Y) from a marginal and a conditional kernel; MixtureMIEstimator and its
+calibrated readout for a discrete Y."""
 
 from __future__ import annotations
 
@@ -13,7 +14,17 @@ from .conditional import ConditionalKernel
 from .discrete import DiscreteConditionalKernel
 from .marginal import MarginalKernel
 
-__all__ = ["FIT_OBJECTIVES", "KNIFEEstimator", "KNIFEOutput", "MixtureMIEstimator"]
+__all__ = [
+    "FIT_OBJECTIVES",
+    "CalibratedMixtureMIEstimator",
+    "KNIFEEstimator",
+    "KNIFEOutput",
+    "MixtureMIEstimator",
+    "calibrated_log_posterior",
+    "fit_temperature",
+    "pooled_whitening",
+    "TEMPERATURE_MIN_GAIN",
+]
 
 # How MixtureMIEstimator fits its class kernels: coefficients (a, b) of the loss a * h_hat(X) + b * h_hat(X | S).
 #   likelihood: h(X) + h(X|S), both NLLs (the KNIFE fit; it equals 2 h(X|S) + I_hat, so it also pulls I_hat down)
@@ -158,4 +169,249 @@ class MixtureMIEstimator(nn.Module):
         counts = torch.bincount(labels.long(), minlength=self.num_classes).double() + 1.0  # [C]
         self.log_prior.copy_((counts / counts.sum()).log().to(self.log_prior.dtype))
         self.conditional.init_from_samples(x, labels)
+        return self
+
+    @torch.no_grad()
+    def fit_gaussians(self, x: Tensor, labels: Tensor, tied: bool = False) -> MixtureMIEstimator:
+        """Fit one Gaussian per class (``num_components = 1``) in closed form; returns self.
+
+        Means are the class means of ``x [N, d]``. Diagonal covariances (``diagonal``, ``shared_diagonal``): the
+        maximum-likelihood variances (unbiased), per class or, when ``tied``, pooled within classes (every class
+        then shares one diagonal: linear discriminant analysis in the coordinates of ``x``). ``full``: the
+        Ledoit-Wolf shrunk covariance of each class (regularised quadratic discriminant analysis), or the pooled
+        one when ``tied``. Classes with fewer than two samples, or a (nearly) singular estimate, get the pooled
+        covariance; classes without samples the overall mean. Also sets the class priors, as
+        :meth:`init_from_samples` does.
+        """
+        kernel = self.conditional
+        if kernel.num_components != 1 or kernel.covariance not in ("diagonal", "shared_diagonal", "full"):
+            raise ValueError(
+                "fit_gaussians needs num_components=1 and a diagonal or full covariance, got "
+                f"num_components={kernel.num_components}, covariance={kernel.covariance!r}"
+            )
+        x64, labels = x.detach().double(), labels.long()
+        counts = torch.bincount(labels, minlength=self.num_classes)  # [C]
+        self.log_prior.copy_(((counts.double() + 1.0) / (counts.sum() + self.num_classes)).log())
+        means = torch.stack(
+            [x64[labels == c].mean(0) if counts[c] > 0 else x64.mean(0) for c in range(self.num_classes)]
+        )  # [C, d]
+        residuals = x64 - means[labels]  # [N, d]
+        kernel.loc.copy_(means.unsqueeze(1).to(kernel.loc))  # [C, 1, d]
+        kernel.mixture_logits.zero_()
+        own = [not tied and bool(counts[c] >= 2) for c in range(self.num_classes)]
+        if kernel.covariance == "full":
+            pooled = _cholesky_or_none(_ledoit_wolf(residuals), ridge=True)  # [d, d]
+            if pooled is None:  # no spread at all within classes: unit covariance
+                pooled = torch.eye(x64.shape[1], dtype=x64.dtype, device=x64.device)
+            for c in range(self.num_classes):
+                # a class with few samples can have a (nearly) singular Ledoit-Wolf estimate (shrinkage 0 from two
+                # samples): it then shares the pooled one
+                cholesky = _cholesky_or_none(_ledoit_wolf(residuals[labels == c])) if own[c] else None  # [d, d]
+                cholesky = pooled if cholesky is None else cholesky
+                # precision factor A = chol(covariance)^-1 (lower triangular, A^T A = covariance^-1), stored as
+                # A = (I + L) diag(exp(log_diag))
+                identity = torch.eye(x64.shape[1], dtype=x64.dtype, device=x64.device)
+                factor = torch.linalg.solve_triangular(cholesky, identity, upper=False)  # [d, d]
+                scale = factor.diagonal()  # [d]  > 0
+                kernel.log_diag[c, 0].copy_(scale.log())
+                kernel.tril[c, 0].copy_(torch.tril(factor / scale, diagonal=-1))
+            return self
+        dof = max(1, x64.shape[0] - int((counts > 0).sum()))
+        pooled = residuals.square().sum(0) / dof  # [d]
+        variances = pooled.expand(self.num_classes, -1).clone()  # [C, d]
+        for c in range(self.num_classes):
+            if own[c]:
+                variances[c] = residuals[labels == c].square().sum(0) / (counts[c] - 1)
+        floor = 1e-12 * float(pooled.max().clamp_min(1e-300))
+        kernel.log_diag.copy_((-0.5 * variances.clamp_min(floor).log()).unsqueeze(1).to(kernel.log_diag))
+        return self
+
+
+def _cholesky_or_none(covariance: Tensor, floor: float = 1e-6, ridge: bool = False) -> Tensor | None:
+    """Cholesky factor ``[d, d]`` of ``covariance``, or ``None`` when it is (nearly) singular: some conditional
+    variance below ``floor`` times the mean variance (the kernels' bandwidth floor of 1e-3 of the spread).
+    With ``ridge``, that floor is then added to the diagonal instead of giving up (``None`` only without any
+    variance)."""
+    scale = float(covariance.diagonal().mean())
+    if not math.isfinite(scale) or scale <= 0.0:
+        return None
+    cholesky, info = torch.linalg.cholesky_ex(covariance)
+    if int(info) == 0 and bool(cholesky.diagonal().square().ge(floor * scale).all()):
+        return cholesky
+    if not ridge:
+        return None
+    eye = torch.eye(covariance.shape[0], dtype=covariance.dtype, device=covariance.device)
+    cholesky, info = torch.linalg.cholesky_ex(covariance + floor * scale * eye)
+    return cholesky if int(info) == 0 else None
+
+
+def _ledoit_wolf(residuals: Tensor) -> Tensor:
+    """Ledoit-Wolf shrunk covariance of centred samples ``[N, d]`` (float64, same device): ``[d, d]``."""
+    from sklearn.covariance import ledoit_wolf
+
+    covariance, _ = ledoit_wolf(residuals.detach().cpu().double().numpy(), assume_centered=True)
+    return torch.from_numpy(covariance).to(residuals)
+
+
+# ----------------------------------------------------------------------------------------------- calibrated readout
+def pooled_whitening(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Whitening by the pooled within-class covariance of ``x [N, d]``, with Ledoit-Wolf shrinkage.
+
+    Returns ``shift [d]`` and ``matrix [d, d]`` (eigenvectors scaled by eigenvalue^-1/2) such that
+    ``(x - shift) @ matrix`` has a within-class covariance close to the identity. It is an invertible linear map,
+    so I(X; S) is unchanged, but diagonal class kernels then see decorrelated coordinates. Ledoit-Wolf keeps the
+    map well conditioned when ``d`` is not small against ``N``.
+    """
+    x64, labels = x.detach().cpu().double(), labels.detach().cpu().long()
+    centred = x64.clone()  # [N, d]
+    for c in range(num_classes):
+        rows = labels == c
+        if bool(rows.any()):
+            centred[rows] -= x64[rows].mean(0)
+    eigenvalues, eigenvectors = torch.linalg.eigh(_ledoit_wolf(centred))  # [d], [d, d]
+    if not float(eigenvalues.max()) > 0.0:  # no spread within classes: nothing to whiten
+        return x64.mean(0).to(x), torch.eye(x.shape[1]).to(x)
+    eigenvalues = eigenvalues.clamp_min(1e-12 * float(eigenvalues.max()))
+    matrix = eigenvectors / eigenvalues.sqrt()  # [d, d]  columns: whitened coordinates
+    return x64.mean(0).to(x), matrix.to(x)
+
+
+def calibrated_log_posterior(class_log_probs: Tensor, log_prior: Tensor, temperature: float | Tensor) -> Tensor:
+    """``log q_T(s | x) = log_softmax_s(log p(s) + T log q(x | s))``: ``class_log_probs [N, C]``, ``log_prior [C]``
+    or ``[N, C]`` -> ``[N, C]``. T = 1 is Bayes' rule with the kernels; T = 0 gives the prior."""
+    return torch.log_softmax(log_prior + temperature * class_log_probs, dim=1)
+
+
+#: Half the 95% quantile of chi-square with one degree of freedom: the gain in total log-likelihood a temperature
+#: must bring over the prior (T = 0) on its calibration samples to be kept (a likelihood-ratio test).
+TEMPERATURE_MIN_GAIN = 0.5 * 3.841
+
+
+def fit_temperature(
+    class_log_probs: Tensor,
+    labels: Tensor,
+    log_prior: Tensor,
+    max_temperature: float = 1e3,
+    min_gain: float = TEMPERATURE_MIN_GAIN,
+) -> float:
+    """The temperature ``T >= 0`` minimising the cross-entropy of :func:`calibrated_log_posterior` on held-out samples.
+
+    Args:
+        class_log_probs: ``[N, C]`` ``log q(x_n | s = c)`` of samples the kernels were *not* fitted to.
+        labels: ``[N]`` class ids.
+        log_prior: ``[C]`` or ``[N, C]``.
+        max_temperature: upper end of the search (reached only on separable samples).
+        min_gain: ``T = 0`` is returned unless ``T`` raises the total log-likelihood of the labels by more than
+            this many nats over the prior (default: a likelihood-ratio test at the 5% level). Without it, a
+            temperature fitted to noise (S independent of X) is small but positive, and the readout on other
+            samples is then slightly negative; ``0`` disables the test.
+
+    The cross-entropy is convex in T (a log-sum-exp of affine functions); its derivative,
+    ``mean_n (E_{q_T}[log q(x_n | s)] - log q(x_n | s_n))``, is found to vanish by bisection, in float64.
+    T = 0 (the prior) is in the family, so the fitted posterior is never worse than the prior on these samples:
+    over-confident kernels get T < 1 instead of driving the readout below zero.
+    """
+    log_likelihoods = class_log_probs.detach().double()  # [N, C]
+    log_prior = log_prior.detach().double().expand_as(log_likelihoods)  # [N, C]
+    labels = labels.long().view(-1, 1)  # [N, 1]
+    own = log_likelihoods.gather(1, labels).squeeze(1)  # [N]
+
+    def slope(t: float) -> float:
+        posterior = torch.softmax(log_prior + t * log_likelihoods, dim=1)  # [N, C]
+        return float(((posterior * log_likelihoods).sum(1) - own).mean())
+
+    def total_log_likelihood(t: float) -> float:
+        return float(calibrated_log_posterior(log_likelihoods, log_prior, t).gather(1, labels).sum())
+
+    if slope(0.0) >= 0.0:
+        return 0.0
+    low, high = 0.0, 1.0
+    while slope(high) < 0.0 and high < max_temperature:
+        low, high = high, 2.0 * high
+    if slope(high) < 0.0:
+        temperature = max_temperature
+    else:
+        for _ in range(60):
+            middle = 0.5 * (low + high)
+            low, high = (middle, high) if slope(middle) < 0.0 else (low, middle)
+        temperature = 0.5 * (low + high)
+    if total_log_likelihood(temperature) - total_log_likelihood(0.0) <= min_gain:
+        return 0.0
+    return temperature
+
+
+class CalibratedMixtureMIEstimator(MixtureMIEstimator):
+    """A :class:`MixtureMIEstimator` read out through a calibrated class posterior: the one-call API's estimate of
+    I(X; S) for a discrete S.
+
+    Inputs go through a fixed linear map ``(x - input_shift) @ input_matrix`` (identity, or
+    :func:`pooled_whitening`) before the class kernels; densities include its log-Jacobian, so ``pointwise`` and
+    ``all_log_probs`` are densities of ``x``. The readout is the Barber-Agakov form
+    ``I_hat = mean_n log q_T(s_n | x_n) / p(s_n)`` with ``q_T(s | x) = softmax_s(log p(s) + T log q(x | s))`` and a
+    temperature ``T`` fitted on held-out samples (:func:`fit_temperature`). Its expectation on fresh samples is at
+    most I(X; S), and ``T -> 0`` gives exactly 0: kernels that overfit give a small estimate, not a negative one.
+    ``forward(x, labels).mutual_information`` is that readout; ``loss`` is still the kernels' fitting loss.
+    """
+
+    def __init__(self, dim: int, num_classes: int, fit: str = "likelihood", **options) -> None:
+        super().__init__(dim, num_classes, fit=fit, **options)
+        self.register_buffer("input_shift", torch.zeros(dim))
+        self.register_buffer("input_matrix", torch.eye(dim))
+        self.register_buffer("log_abs_det", torch.zeros(()))
+        self.register_buffer("temperature", torch.ones(()))
+
+    @torch.no_grad()
+    def set_transform(self, shift: Tensor, matrix: Tensor) -> CalibratedMixtureMIEstimator:
+        """Use ``(x - shift) @ matrix`` (``shift [d]``, invertible ``matrix [d, d]``) as the kernels' input."""
+        self.input_shift.copy_(shift)
+        self.input_matrix.copy_(matrix)
+        self.log_abs_det.copy_(torch.linalg.slogdet(matrix.double())[1])
+        return self
+
+    def transform(self, x: Tensor) -> Tensor:
+        """``[B, d] -> [B, d]``, in the kernels' dtype."""
+        x = x.to(self.input_matrix.dtype)
+        return (x - self.input_shift) @ self.input_matrix  # [B, d]
+
+    def all_log_probs(self, x: Tensor) -> Tensor:
+        """``log q(x | s)`` for every class, as densities of ``x``: ``[B, d] -> [B, C]``."""
+        return super().all_log_probs(self.transform(x)) + self.log_abs_det.to(x.dtype)  # [B, C]
+
+    def log_posterior(self, x: Tensor) -> Tensor:
+        """Calibrated ``log q_T(s | x)``: ``[B, d] -> [B, C]``."""
+        log_likelihoods = self.all_log_probs(x)  # [B, C]
+        return calibrated_log_posterior(
+            log_likelihoods, self.log_prior.to(log_likelihoods), self.temperature.to(log_likelihoods)
+        )
+
+    def pointwise_mutual_information(self, x: Tensor, labels: Tensor) -> Tensor:
+        """``log q_T(s_n | x_n) - log p(s_n)`` per sample: ``[B]``; its mean is the readout."""
+        labels = labels.long()
+        log_posterior = self.log_posterior(x).gather(1, labels.view(-1, 1)).squeeze(1)  # [B]
+        return log_posterior - self.log_prior.to(log_posterior)[labels]
+
+    def forward(self, x: Tensor, labels: Tensor) -> KNIFEOutput:
+        """``mutual_information``: the calibrated readout; entropies and ``loss`` as in :class:`MixtureMIEstimator`
+        (untempered kernels; their difference is the uncalibrated estimate)."""
+        labels = labels.long()
+        log_likelihoods = self.all_log_probs(x)  # [B, C]
+        log_prior = self.log_prior.to(log_likelihoods)  # [C]
+        own = log_likelihoods.gather(1, labels.view(-1, 1)).squeeze(1)  # [B]
+        h = -torch.logsumexp(log_likelihoods + log_prior, dim=1).mean()
+        h_conditional = -own.mean()
+        log_posterior = calibrated_log_posterior(log_likelihoods, log_prior, self.temperature.to(log_likelihoods))
+        readout = log_posterior.gather(1, labels.view(-1, 1)).squeeze(1) - log_prior[labels]  # [B]
+        a, b = self.fit_coefficients
+        return KNIFEOutput(readout.mean(), h, h_conditional, a * h + b * h_conditional)
+
+    @torch.no_grad()
+    def init_from_samples(self, x: Tensor, labels: Tensor) -> CalibratedMixtureMIEstimator:
+        """As :meth:`MixtureMIEstimator.init_from_samples`, on the transformed samples; returns self."""
+        super().init_from_samples(self.transform(x), labels)
+        return self
+
+    @torch.no_grad()
+    def fit_gaussians(self, x: Tensor, labels: Tensor, tied: bool = False) -> CalibratedMixtureMIEstimator:
+        """As :meth:`MixtureMIEstimator.fit_gaussians`, on the transformed samples; returns self."""
+        super().fit_gaussians(self.transform(x), labels, tied=tied)
         return self
