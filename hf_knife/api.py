@@ -743,13 +743,13 @@ def estimate_mutual_information(
         candidates = [num_components or _default_num_components(len(train_index))]
     num_components = candidates[-1]
     num_classes = int(y.max()) + 1 if discrete else None
+    fit_options = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
+                       progress=progress)  # fmt: skip
     if discrete and discrete_marginal == "mixture" and readout == "calibrated":
         assert num_classes is not None
         mixture_options = dict(
             num_components=num_components, covariance=covariance, rank=rank, bandwidth_bounds=BANDWIDTH_BOUNDS
         )
-        fit_options = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                           patience=patience, progress=progress)  # fmt: skip
         pointwise_mi, estimator, history, details = _discrete_readout(
             z, y, train_index, validation_index, test_index, num_classes, folds=folds,
             mixture_options=mixture_options, fit_options=fit_options, seed=seed, device=device, generator=generator,
@@ -784,9 +784,7 @@ def estimate_mutual_information(
             batches = generator if len(candidates) == 1 else torch.Generator().manual_seed(seed + 1)
             history = _fit(
                 estimator, lambda index, module=estimator: module(z[index], y[index]).loss, train_index,
-                validation_index,
-                max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
-                generator=batches, progress=progress, description=f"fitting knife MI (K={candidate})",
+                validation_index, generator=batches, description=f"fitting knife MI (K={candidate})", **fit_options,
             )  # fmt: skip
         estimator.eval()
         if len(candidates) > 1:
