@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import penalties, representation  # noqa: F401  (register the built-in penalties and representations)
 from .api import EstimationResult, estimate_entropy, estimate_mutual_information
 from .estimators import (
     ConditionalKernel,
@@ -26,14 +27,21 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "KNIFEConfig": "config",
-    "PENALTY_REGISTRY": "config",
-    "REPRESENTATION_REGISTRY": "config",
+    "MutualInformationOptions": "config",
+    "EntropyOptions": "config",
+    "BottleneckOptions": "config",
+    "BudgetOptions": "config",
+    "PENALTY_REGISTRY": "registry",
+    "REPRESENTATION_REGISTRY": "registry",
+    "Representation": "representation",
+    "extract_features": "representation",
     "KNIFETrainer": "trainer",
     "KNIFETrainingArguments": "trainer",
     "AutoKNIFEModelForSequenceClassification": "modeling",
     "KNIFEModelMixin": "modeling",
     "add_knife": "modeling",
     "get_knife_module": "modeling",
+    "knife_output_fields": "modeling",
     "knife_model_class": "modeling",
     "AdversarialPenalty": "penalties",
     "EntropyPenalty": "penalties",

@@ -10,24 +10,23 @@ reports on every sample outside the validation split instead, by cross-fitting: 
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from .estimators import DoEEstimator, KNIFEEstimator, MarginalKernel, MixtureMIEstimator, SchraudolphKernel
+from .estimators import DoEEstimator, MarginalKernel, SchraudolphKernel
 from .estimators.baselines import doe_mutual_information, knn_entropy, ksg_mutual_information
 from .estimators.degenerate import find_degenerate_directions
+from .estimators.fitting import FitOptions, fit
 from .estimators.functional import COVARIANCE_TYPES
 from .estimators.mutual_information import (
     CalibratedMixtureMIEstimator,
+    build_mi_estimator,
     calibrated_log_posterior,
     fit_temperature,
     pooled_whitening,
@@ -214,72 +213,58 @@ def _stderr(values: Tensor) -> float:
     return float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
 
 
-# ----------------------------------------------------------------------------------------------- fitting loop
-def _fit(
-    module: nn.Module,
-    loss_fn: Callable[[Tensor], Tensor],
-    train_index: Tensor,
-    validation_index: Tensor,
-    *,
-    max_steps: int,
-    batch_size: int,
-    lr: float,
-    eval_every: int,
-    patience: int,
-    generator: torch.Generator,
-    progress: bool | None,
-    description: str,
-) -> list[dict[str, float]]:
-    """Minimise ``loss_fn(batch_index)`` with Adam; keep the parameters with the best validation loss."""
-    parameters = [p for p in module.parameters() if p.requires_grad]
-    if not parameters:
-        return []
-    optimizer = torch.optim.Adam(parameters, lr=lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=0.5, patience=max(1, patience // 3)
+# ----------------------------------------------------------------------------------------------- fitting
+def _fit_candidates(
+    candidates: list[int],
+    fit_candidate: Callable[[int], tuple[nn.Module, list[dict[str, float]]]],
+    validation_loss: Callable[[nn.Module], Tensor],
+    seed: int,
+    device: torch.device,
+) -> tuple[nn.Module, list[dict[str, float]], dict[str, float]]:
+    """Fit one estimator per mixture size ``K`` in ``candidates`` (each from the torch seed ``seed``) and keep the
+    one with the lowest ``validation_loss``. Returns it, its history and the ``validation_loss_K<K>`` of each
+    candidate with the ``num_components`` kept."""
+    best: tuple[float, nn.Module, list] | None = None
+    selection: dict[str, float] = {}
+    for candidate in candidates:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            module, history = fit_candidate(candidate)
+        module.eval()
+        with torch.no_grad():
+            loss = float(validation_loss(module))
+        selection[f"validation_loss_K{candidate}"] = loss
+        if best is None or loss < best[0]:
+            best = (loss, module, history)
+    assert best is not None
+    _, module, history = best
+    selection["num_components"] = float(module.num_components)
+    return module, history, selection
+
+
+def _held_out_result(
+    values: Tensor,
+    method: str,
+    estimator: nn.Module,
+    splits: tuple[Tensor, Tensor],
+    history: list[dict[str, float]],
+    details: dict[str, float],
+    standardization: tuple[Tensor, Tensor],
+    offset: float = 0.0,
+) -> EstimationResult:
+    """The estimate ``mean(values) + offset`` and its standard error from per-sample held-out values
+    ``[N_report]``; ``splits`` are the ``(train, validation)`` indices."""
+    train_index, validation_index = splits
+    return EstimationResult(
+        estimate=float(values.mean()) + offset,
+        stderr=_stderr(values),
+        method=method,
+        estimator=estimator,
+        num_samples={"train": len(train_index), "validation": len(validation_index), "test": len(values)},
+        history=history,
+        details=details,
+        standardization=standardization,
     )
-    best_loss, best_state, stale, history = math.inf, copy.deepcopy(module.state_dict()), 0, []
-    batch_size = min(batch_size, len(train_index))
-    order, cursor, running = train_index[torch.randperm(len(train_index), generator=generator)], 0, []
-    first_loss = math.nan
-    with tqdm(
-        total=max_steps, desc=description, disable=None if progress is None else not progress, leave=False
-    ) as bar:
-        for step in range(1, max_steps + 1):
-            if cursor + batch_size > len(order):
-                order, cursor = train_index[torch.randperm(len(train_index), generator=generator)], 0
-            batch = order[cursor : cursor + batch_size]
-            cursor += batch_size
-            loss = loss_fn(batch)
-            if step == 1:
-                first_loss = loss.item()
-            # bandwidth bounds keep a diverging fit finite: catch it by its size (100x its start) instead
-            if not torch.isfinite(loss) or loss.item() > first_loss + 100.0 * (abs(first_loss) + 1.0):
-                raise FloatingPointError(
-                    f"the fitting loss diverged to {loss.item():.4g} at step {step} (it started at {first_loss:.4g}); "
-                    f"lower lr (now {optimizer.param_groups[0]['lr']:.2g}) or set bandwidth_bounds"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running.append(loss.item())
-            bar.update(1)
-            if step % eval_every == 0 or step == max_steps:
-                with torch.no_grad():
-                    validation_loss = float(loss_fn(validation_index))
-                history.append({"step": step, "train_loss": float(np.mean(running)), "validation_loss": validation_loss,
-                                "lr": optimizer.param_groups[0]["lr"]})  # fmt: skip
-                running = []
-                bar.set_postfix(validation=f"{validation_loss:.4f}")
-                if validation_loss < best_loss - 1e-4:
-                    best_loss, best_state, stale = validation_loss, copy.deepcopy(module.state_dict()), 0
-                else:
-                    stale += 1
-                scheduler.step(validation_loss)
-                if stale >= patience:
-                    break
-    module.load_state_dict(best_state)
-    return history
 
 
 def _component_grid(num_train: int) -> list[int]:
@@ -302,7 +287,7 @@ def _fit_marginal(
     rank: int | None,
     device: torch.device,
     generator: torch.Generator,
-    fit_options: dict[str, Any],
+    options: FitOptions,
 ) -> tuple[nn.Module, list[dict[str, float]]]:
     """Build and fit one entropy estimator on the standardised samples ``z``."""
     if method == "doe":
@@ -317,8 +302,8 @@ def _fit_marginal(
         module = MarginalKernel(dim, num_components, covariance, rank=rank, bandwidth_bounds=BANDWIDTH_BOUNDS)
         module = module.to(device)
         module.init_from_samples(z[train_index])
-    history = _fit(module, lambda index: module(z[index]), train_index, validation_index, generator=generator,
-                   description=f"fitting {method} (K={num_components})", **fit_options)  # fmt: skip
+    history = fit(module, lambda index: module(z[index]), train_index, validation_index, options=options,
+                  generator=generator, description=f"fitting {method} (K={num_components})")  # fmt: skip
     return module, history
 
 
@@ -340,7 +325,7 @@ def _build_readout(
     validation_index: Tensor | None,
     num_classes: int,
     mixture_options: dict[str, Any],
-    fit_options: dict[str, Any],
+    fit_options: FitOptions,
     seed: int,
     device: torch.device,
     fixed_steps: int | None = None,
@@ -352,14 +337,15 @@ def _build_readout(
     """
     transform, kernels = configuration
     if kernels == "mixture":
-        options = dict(mixture_options)
+        kernel_options = dict(mixture_options)
     else:
         covariance = "full" if kernels == "full" else "diagonal"
-        options = dict(num_components=1, covariance=covariance, bandwidth_bounds=BANDWIDTH_BOUNDS)
+        kernel_options = dict(num_components=1, covariance=covariance, bandwidth_bounds=BANDWIDTH_BOUNDS)
     z_fit, labels_fit = z[fit_index], labels[fit_index]  # [N_fit, d], [N_fit]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        estimator = CalibratedMixtureMIEstimator(z.shape[1], num_classes, **options).to(device)
+        estimator = build_mi_estimator(z.shape[1], num_classes=num_classes, readout="calibrated", **kernel_options)
+        estimator = estimator.to(device)
         if transform == "whiten":
             estimator.set_transform(*pooled_whitening(z_fit, labels_fit, num_classes))
         estimator.init_from_samples(z_fit, labels_fit)
@@ -371,14 +357,10 @@ def _build_readout(
             return estimator(z[index], labels[index]).loss
 
         description = f"fitting knife MI readout ({transform}, K={estimator.conditional.num_components})"
-        if fixed_steps is None:
-            assert validation_index is not None
-            history = _fit(estimator, loss_fn, fit_index, validation_index, generator=generator,
-                           description=description, **fit_options)  # fmt: skip
-        else:  # one evaluation, at the last step, on the fitting samples: the final parameters are kept
-            options = {**fit_options, "max_steps": fixed_steps, "eval_every": fixed_steps, "patience": 1}
-            history = _fit(estimator, loss_fn, fit_index, fit_index, generator=generator, description=description,
-                           **options)  # fmt: skip
+        if fixed_steps is not None:  # no validation split: the parameters after fixed_steps are kept
+            fit_options, validation_index = replace(fit_options, max_steps=fixed_steps), None
+        history = fit(estimator, loss_fn, fit_index, validation_index, options=fit_options, generator=generator,
+                      description=description)  # fmt: skip
     return estimator, history
 
 
@@ -390,7 +372,8 @@ def _log_prior(estimator: CalibratedMixtureMIEstimator) -> Tensor:
 
 
 def _best_step(history: list[dict[str, float]]) -> int:
-    """Step of the lowest validation loss of a fit (the parameters :func:`_fit` keeps)."""
+    """Step of the lowest validation loss of a fit (the parameters :func:`~hf_knife.estimators.fitting.fit`
+    keeps)."""
     return int(min(history, key=lambda entry: entry["validation_loss"])["step"]) if history else 1
 
 
@@ -410,7 +393,7 @@ def _discrete_readout(
     *,
     folds: int,
     mixture_options: dict[str, Any],
-    fit_options: dict[str, Any],
+    fit_options: FitOptions,
     seed: int,
     device: torch.device,
     generator: torch.Generator,
@@ -588,41 +571,25 @@ def estimate_entropy(
     covariance = _default_covariance(d) if covariance == "auto" else covariance
     check_choice(covariance, "covariance", COVARIANCE_TYPES)
 
-    fit_options = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
-                       progress=progress)  # fmt: skip
+    options = FitOptions(max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
+                         progress=progress)  # fmt: skip
     candidates = [num_components] if num_components else _component_grid(len(train_index))
     if method == "doe":
         candidates = [1]
-    best: tuple[float, nn.Module, list] | None = None
-    selection: dict[str, float] = {}
-    for candidate in candidates:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            module, history = _fit_marginal(
-                method, z, train_index, validation_index, d, candidate, covariance, rank, device,
-                torch.Generator().manual_seed(seed + 1), fit_options,
-            )  # fmt: skip
-        with torch.no_grad():
-            validation_loss = float(module(z[validation_index]))
-        selection[f"validation_loss_K{candidate}"] = validation_loss
-        if best is None or validation_loss < best[0]:
-            best = (validation_loss, module, history)
-    assert best is not None
-    _, module, history = best
-    selection["num_components"] = float(module.num_components)
-    module.eval()
+
+    def fit_candidate(candidate: int) -> tuple[nn.Module, list[dict[str, float]]]:
+        return _fit_marginal(
+            method, z, train_index, validation_index, d, candidate, covariance, rank, device,
+            torch.Generator().manual_seed(seed + 1), options,
+        )  # fmt: skip
+
+    module, history, selection = _fit_candidates(
+        candidates, fit_candidate, lambda module: module(z[validation_index]), seed, device
+    )
     with torch.no_grad():
         nll = -module.log_prob(z[test_index]).double().cpu()  # [N_test]
-    return EstimationResult(
-        estimate=float(nll.mean()) + log_jacobian,
-        stderr=_stderr(nll),
-        method=method,
-        estimator=module,
-        num_samples={"train": len(train_index), "validation": len(validation_index), "test": len(test_index)},
-        history=history,
-        details=selection,
-        standardization=(mean, std),
-    )
+    return _held_out_result(nll, method, module, (train_index, validation_index), history, selection, (mean, std),
+                            offset=log_jacobian)  # fmt: skip
 
 
 def estimate_mutual_information(
@@ -743,78 +710,44 @@ def estimate_mutual_information(
         candidates = [num_components or _default_num_components(len(train_index))]
     num_components = candidates[-1]
     num_classes = int(y.max()) + 1 if discrete else None
-    fit_options = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
-                       progress=progress)  # fmt: skip
+    options = FitOptions(max_steps=max_steps, batch_size=batch_size, lr=lr, eval_every=eval_every, patience=patience,
+                         progress=progress)  # fmt: skip
+    kernel_options = dict(
+        num_components=num_components, covariance=covariance, rank=rank, bandwidth_bounds=BANDWIDTH_BOUNDS
+    )
+    splits = (train_index, validation_index)
     if discrete and discrete_marginal == "mixture" and readout == "calibrated":
         assert num_classes is not None
-        mixture_options = dict(
-            num_components=num_components, covariance=covariance, rank=rank, bandwidth_bounds=BANDWIDTH_BOUNDS
-        )
         pointwise_mi, estimator, history, details = _discrete_readout(
             z, y, train_index, validation_index, test_index, num_classes, folds=folds,
-            mixture_options=mixture_options, fit_options=fit_options, seed=seed, device=device, generator=generator,
+            mixture_options=kernel_options, fit_options=options, seed=seed, device=device, generator=generator,
         )  # fmt: skip
-        return EstimationResult(
-            estimate=float(pointwise_mi.mean()),
-            stderr=_stderr(pointwise_mi),
-            method=method,
-            estimator=estimator,
-            num_samples={"train": len(train_index), "validation": len(validation_index), "test": len(pointwise_mi)},
-            history=history,
-            details=details,
-            standardization=(mean, std),
-        )
-    best: tuple[float, nn.Module, list] | None = None
-    selection: dict[str, float] = {}
-    for candidate in candidates:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            options = dict(
-                num_components=candidate, covariance=covariance, rank=rank, bandwidth_bounds=BANDWIDTH_BOUNDS
-            )
-            if discrete and discrete_marginal == "mixture":
-                estimator = MixtureMIEstimator(d, num_classes, **options).to(device)
-            else:
-                estimator = KNIFEEstimator(
-                    d, cond_dim=None if discrete else y.shape[1], num_classes=num_classes,
-                    hidden_dims=tuple(hidden_dims), **options,
-                ).to(device)  # fmt: skip
-            estimator.init_from_samples(z[train_index], y[train_index])
-            # one candidate: batches continue the split's generator (the estimates of earlier versions)
-            batches = generator if len(candidates) == 1 else torch.Generator().manual_seed(seed + 1)
-            history = _fit(
-                estimator, lambda index, module=estimator: module(z[index], y[index]).loss, train_index,
-                validation_index, generator=batches, description=f"fitting knife MI (K={candidate})", **fit_options,
-            )  # fmt: skip
-        estimator.eval()
-        if len(candidates) > 1:
-            with torch.no_grad():
-                validation_loss = float(estimator(z[validation_index], y[validation_index]).loss)
-            selection[f"validation_loss_K{candidate}"] = validation_loss
-        else:
-            validation_loss = 0.0
-        if best is None or validation_loss < best[0]:
-            best = (validation_loss, estimator, history)
-    assert best is not None
-    _, estimator, history = best
-    if len(candidates) > 1:
-        selection["num_components"] = float(estimator.marginal.num_components)
+        return _held_out_result(pointwise_mi, method, estimator, splits, history, details, (mean, std))
+
+    def fit_candidate(candidate: int) -> tuple[nn.Module, list[dict[str, float]]]:
+        estimator = build_mi_estimator(
+            d, num_classes=num_classes, cond_dim=None if discrete else y.shape[1], marginal=discrete_marginal,
+            hidden_dims=hidden_dims, **{**kernel_options, "num_components": candidate},
+        ).to(device)  # fmt: skip
+        estimator.init_from_samples(z[train_index], y[train_index])
+        # one candidate: batches continue the split's generator (the estimates of earlier versions)
+        batches = generator if len(candidates) == 1 else torch.Generator().manual_seed(seed + 1)
+        history = fit(
+            estimator, lambda index: estimator(z[index], y[index]).loss, train_index, validation_index,
+            options=options, generator=batches, description=f"fitting knife MI (K={candidate})",
+        )  # fmt: skip
+        return estimator, history
+
+    estimator, history, selection = _fit_candidates(
+        candidates, fit_candidate, lambda module: module(z[validation_index], y[validation_index]).loss, seed, device
+    )
     with torch.no_grad():
         marginal_nll, conditional_nll = (
             t.double().cpu() for t in estimator.pointwise(z[test_index], y[test_index])
-        )
-    pointwise_mi = marginal_nll - conditional_nll  # [N_test]
-    return EstimationResult(
-        estimate=float(pointwise_mi.mean()),
-        stderr=_stderr(pointwise_mi),
-        method=method,
-        estimator=estimator,
-        num_samples={"train": len(train_index), "validation": len(validation_index), "test": len(test_index)},
-        history=history,
-        details={
-            "marginal_entropy": float(marginal_nll.mean()),
-            "conditional_entropy": float(conditional_nll.mean()),
-            **selection,
-        },
-        standardization=(mean, std),
-    )
+        )  # [N_test] each
+    details = {
+        "marginal_entropy": float(marginal_nll.mean()),
+        "conditional_entropy": float(conditional_nll.mean()),
+        **selection,
+    }
+    return _held_out_result(marginal_nll - conditional_nll, method, estimator, splits, history, details, (mean, std))

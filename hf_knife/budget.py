@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers import initialization as hf_init
+
+from .estimators.base import init_functions
 
 __all__ = ["BudgetController"]
 
@@ -90,9 +91,10 @@ class BudgetController(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Start state (HF init functions: values loaded from a checkpoint are kept)."""
-        hf_init.constant_(self.multiplier, self.initial)
-        hf_init.zeros_(self.average)
-        hf_init.zeros_(self.count)
+        init = init_functions()  # keeps a state loaded from a checkpoint
+        init.constant_(self.multiplier, self.initial)
+        init.zeros_(self.average)
+        init.zeros_(self.count)
 
     def constraint(self, estimate: Tensor | float) -> Tensor | float:
         """``sign * (estimate - target)``: > 0 means over budget."""

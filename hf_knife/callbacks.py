@@ -3,7 +3,7 @@
 Every ``every_n_steps`` optimizer steps (and at the start and the end of training) the callback runs the model, in
 eval mode and without gradients, on one *fixed* held-out batch, pools the hidden states of the chosen layers
 (``hidden_states`` indices; mean over the attention mask or [CLS], with the pooling rules of
-:mod:`hf_knife.pooling`), maps each pooled layer ``[N, d]`` to ``projection_dim`` dimensions with a fixed random
+:mod:`hf_knife.representation`), maps each pooled layer ``[N, d]`` to ``projection_dim`` dimensions with a fixed random
 orthonormal map (by default its top principal directions at the first measurement; the same map for the whole
 run; skipped when ``d <= projection_dim``), and estimates, with small fits of the library's estimators
 (``fit_steps`` Adam steps each):
@@ -51,8 +51,8 @@ import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback
 
-from .config import REPRESENTATION_REGISTRY
-from .pooling import FeatureCapture
+from .registry import REPRESENTATION_REGISTRY
+from .representation import FeatureCapture
 
 __all__ = ["KNIFEMonitorCallback"]
 
@@ -247,7 +247,7 @@ class KNIFEMonitorCallback(TrainerCallback):
     def pooled_layers(self, model: nn.Module, batch_size: int = 32) -> dict[int, Tensor]:
         """Run ``model`` on the held-out inputs; ``{hidden_states index: pooled [N, d] float32}`` (non-negative ids).
 
-        The layers are read with forward hooks on the model's transformer layers (``hf_knife.pooling``: index 0 is
+        The layers are read with forward hooks on the model's transformer layers (``hf_knife.representation``: index 0 is
         the embeddings, ``l`` the output of layer ``l``), so any model whose forward runs its encoder works (also
         heads that do not return hidden states). Models without a recognisable layer list must return
         ``hidden_states`` when called with ``output_hidden_states=True``.
@@ -285,21 +285,19 @@ class KNIFEMonitorCallback(TrainerCallback):
         return {i: torch.cat(zs) for i, zs in pooled.items()}  # [N, d] per layer
 
     def _layer_sources(self, model: nn.Module) -> dict[int, nn.Module] | None:
-        """``{hidden_states index: module whose output it is}`` via ``hf_knife.pooling``; None if not found."""
-        from .config import KNIFEConfig
-        from .pooling import _layer_list, resolve_source
+        """``{hidden_states index: module whose output it is}`` via ``hf_knife.representation``; None if not found."""
+        from .representation import Representation, num_transformer_layers
 
         try:
-            layer_list = _layer_list(model)
+            num_layers = num_transformer_layers(model)
         except AttributeError:  # no (text) config
-            layer_list = None
-        if layer_list is None:
+            num_layers = None
+        if num_layers is None:
             return None
-        sources = {}
-        for i in self._resolve_layers(len(layer_list) + 1):
-            config = KNIFEConfig(representation=self.pooling, layer=i)
-            sources[i], _ = resolve_source(model, config)
-        return sources
+        return {
+            i: Representation.resolve(model, self.pooling, layer=i).module(model)
+            for i in self._resolve_layers(num_layers + 1)
+        }
 
     def _resolve_layers(self, num_hidden: int) -> list[int]:
         if self.layers is None:
@@ -381,7 +379,7 @@ class KNIFEMonitorCallback(TrainerCallback):
         gives 1.07, 1.07 and 1.25 (a lower bound, as it should be); without the mixing, -1.4 to +0.6 nats; the
         likelihood fit of the same kernels gives -4 nats on synthetic clustered features whose MI is about 1.
         """
-        from .estimators import MixtureMIEstimator
+        from .estimators import FitOptions, build_mi_estimator, fit
 
         _, y = torch.unique(labels, return_inverse=True)  # [N] dense class ids
         g = torch.Generator().manual_seed(self.seed)
@@ -390,17 +388,13 @@ class KNIFEMonitorCallback(TrainerCallback):
         mean, std = z[train].mean(0), z[train].std(0).clamp_min(1e-12)
         x = ((z - mean) / std).float()  # MI is invariant to this map
         torch.manual_seed(self.seed)
-        estimator = MixtureMIEstimator(
-            x.shape[1], int(y.max()) + 1, fit="posterior", num_components=1, covariance="diagonal"
+        estimator = build_mi_estimator(
+            x.shape[1], num_classes=int(y.max()) + 1, fit="posterior", num_components=1, covariance="diagonal"
         ).init_from_samples(x[train], y[train])
-        optimizer = torch.optim.Adam(estimator.parameters(), lr=self.fit_options["lr"])
-        for _ in range(self.fit_options["max_steps"]):
-            loss = estimator(x[train], y[train]).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the posterior fit diverged (loss {loss.item()})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        steps = self.fit_options["max_steps"]
+        options = FitOptions(max_steps=steps, batch_size=len(train), lr=self.fit_options["lr"], eval_every=steps,
+                             shuffle=False, progress=False)  # fmt: skip
+        fit(estimator, lambda index: estimator(x[index], y[index]).loss, train, options=options)  # full batch
         with torch.no_grad():
             marginal_nll, conditional_nll = estimator.pointwise(x[test], y[test])  # [N_test] each
             pointwise = (marginal_nll - conditional_nll).double()  # log q(y | z) - log p(y)   [N_test]

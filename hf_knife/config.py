@@ -1,4 +1,11 @@
-"""KNIFEConfig: the penalty and estimator settings, saved as ``knife_config.json`` beside the model."""
+"""KNIFEConfig: the penalty and estimator settings, saved as ``knife_config.json`` beside the model.
+
+Options every penalty shares are top-level fields; each penalty's own options are a nested dataclass
+(``KNIFEConfig(penalty="entropy", entropy=EntropyOptions(direction="raise"))``), rebuilt from dicts when loaded
+(the PEFT way). Files written before the nesting (flat ``discrete_fit``, ``entropy_direction``, ``ib_estimator``,
+``budget_rate``... keys) still load: :data:`LEGACY_KEYS` maps them. What each penalty accepts is checked by the
+penalty class itself (``check_config``, found through :data:`~hf_knife.registry.PENALTY_REGISTRY`).
+"""
 
 from __future__ import annotations
 
@@ -7,88 +14,149 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Literal, get_args, get_type_hints
 
 from .estimators.functional import COVARIANCE_TYPES
-from .estimators.mutual_information import FIT_OBJECTIVES
+from .registry import PENALTY_REGISTRY, REPRESENTATION_REGISTRY
 
 __all__ = [
     "KNIFE_CONFIG_NAME",
+    "LEGACY_KEYS",
+    "OPTION_GROUPS",
+    "BottleneckOptions",
+    "BudgetOptions",
+    "EntropyOptions",
     "KNIFEConfig",
-    "PENALTY_REGISTRY",
-    "REPRESENTATION_REGISTRY",
-    "Registry",
+    "MutualInformationOptions",
 ]
 
 KNIFE_CONFIG_NAME = "knife_config.json"
-SENSITIVE_TYPES = ("discrete", "continuous")
-ENTROPY_DIRECTIONS = ("lower", "raise")
-IB_ESTIMATORS = ("knife", "vib")
-DISCRETE_MARGINALS = ("mixture", "kernel")
-#: Defaults of the budget controller (measured in hf_knife/budget.py's docstring).
-BUDGET_RATE = 1.0
-BUDGET_SMOOTHING = 0.9
-
-T = TypeVar("T")
-
-
-class Registry(Generic[T]):
-    """A name -> object table that validates look-ups (PEFT-style; never ``eval`` a user string)."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._entries: dict[str, T] = {}
-
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@REGISTRY.register("name")``; refuses to overwrite an existing name."""
-
-        def decorator(obj: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._entries[name] = obj
-            return obj
-
-        return decorator
-
-    def names(self) -> tuple[str, ...]:
-        _load_builtins()
-        return tuple(self._entries)
-
-    def check(self, name: str) -> str:
-        """Return ``name`` if registered, else raise a ValueError listing the valid names."""
-        valid = self.names()
-        if name not in valid:
-            raise ValueError(f"unknown {self.kind} {name!r}; expected one of {', '.join(map(repr, valid))}")
-        return name
-
-    def get(self, name: str) -> T:
-        return self._entries[self.check(name)]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.names()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-
-PENALTY_REGISTRY: Registry[type] = Registry("penalty")
-REPRESENTATION_REGISTRY: Registry[Callable] = Registry("representation")
-
-
-def _load_builtins() -> None:
-    """Import the modules that register the built-in penalties and representations."""
-    from . import penalties, pooling  # noqa: F401
-
-
-def _check_choice(value: Any, name: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, valid))}")
 
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
+
+
+def _check_literals(options: Any, prefix: str = "") -> None:
+    """Raise a ValueError naming the field when a ``Literal``-typed field of the dataclass ``options`` holds a value
+    outside its choices."""
+    hints = get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        choices = get_args(hints[f.name]) if getattr(hints[f.name], "__origin__", None) is Literal else ()
+        value = getattr(options, f.name)
+        if choices and value not in choices:
+            raise ValueError(
+                f"unknown {prefix}{f.name} {value!r}; expected one of {', '.join(map(repr, choices))}"
+            )
+
+
+def _check_number(value: Any, name: str, low: float | None = None, *, positive: bool = False) -> None:
+    """A finite number (not a bool), ``> 0`` with ``positive``, ``>= low`` with ``low``; else a ValueError."""
+    bound = " > 0" if positive else f" >= {low:g}" if low is not None else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    if (positive and value <= 0) or (low is not None and value < low):
+        raise ValueError(f"{name} must be a finite number{bound}, got {value}")
+
+
+@dataclass
+class MutualInformationOptions:
+    """Options of the ``mutual_information`` penalty with a discrete S."""
+
+    marginal: Literal["mixture", "kernel"] = field(
+        default="mixture",
+        metadata=_help("'mixture' estimates h(Z) with the mixture of the class kernels weighted by the class "
+                       "frequencies (I(Z;S) <= H(S), low variance); 'kernel' fits a separate marginal KNIFE"),
+    )  # fmt: skip
+    fit: Literal["likelihood", "posterior"] = field(
+        default="likelihood",
+        metadata=_help("with the 'mixture' marginal, how the class kernels are fitted. 'likelihood': h(Z) + h(Z|S), "
+                       "both NLLs (the KNIFE fit); 'posterior': the cross-entropy of the class posterior q(s|z), i.e. "
+                       "maximise the estimate I(Z;S) = H(S) - CE (a Barber-Agakov bound), the objective an "
+                       "adversary is trained on"),
+    )  # fmt: skip
+    positive_part: bool = field(
+        default=True,
+        metadata=_help("penalise mean_n max(0, pointwise MI) instead of its mean, so the model gains nothing by "
+                       "pushing estimates below zero while the estimator lags (the logged I(Z;S) stays the raw "
+                       "difference)"),
+    )  # fmt: skip
+
+    def validate(self) -> None:
+        _check_literals(self, "mutual_information.")
+        if self.fit != "likelihood" and self.marginal != "mixture":
+            raise ValueError(
+                f"mutual_information.fit={self.fit!r} needs marginal='mixture' (the posterior of a separate marginal "
+                f"kernel is not normalised), got marginal={self.marginal!r}"
+            )
+
+
+@dataclass
+class EntropyOptions:
+    """Options of the ``entropy`` penalty."""
+
+    direction: Literal["lower", "raise"] = field(default="lower", metadata=_help("'lower' or 'raise' h(Z)"))
+
+    def validate(self) -> None:
+        _check_literals(self, "entropy.")
+
+
+@dataclass
+class BottleneckOptions:
+    """Options of the ``information_bottleneck`` penalty."""
+
+    estimator: Literal["knife", "vib"] = field(
+        default="knife", metadata=_help("'knife' (h_KNIFE(Z) - h(Z|X)) or 'vib' (KL to N(0, I))")
+    )
+    init_sigma: float = field(default=0.1, metadata=_help("initial noise scale of the stochastic Gaussian head"))
+
+    def validate(self) -> None:
+        _check_literals(self, "information_bottleneck.")
+        _check_number(self.init_sigma, "information_bottleneck.init_sigma", positive=True)
+
+
+@dataclass
+class BudgetOptions:
+    """Options of the budget controller (used with ``KNIFEConfig.target``; see :mod:`hf_knife.budget`)."""
+
+    rate: float = field(
+        default=1.0,
+        metadata=_help("the controller's step per nat of constraint, in units of the initial weight: "
+                       "multiplier <- clip(multiplier + rate * weight * average(estimate - target), 0, 1e4 * weight)"),
+    )  # fmt: skip
+    smoothing: float = field(
+        default=0.9,
+        metadata=_help("weight of the past in the exponential moving average of the constraint that drives the "
+                       "controller, in [0, 1) (0: the current step only)"),
+    )  # fmt: skip
+
+    def validate(self) -> None:
+        _check_number(self.rate, "budget.rate", positive=True)
+        _check_number(self.smoothing, "budget.smoothing")
+        if not 0 <= self.smoothing < 1:
+            raise ValueError(f"budget.smoothing must be in [0, 1), got {self.smoothing}")
+
+
+#: The nested options: field name of KNIFEConfig -> its dataclass.
+OPTION_GROUPS: dict[str, type] = {
+    "mutual_information": MutualInformationOptions,
+    "entropy": EntropyOptions,
+    "information_bottleneck": BottleneckOptions,
+    "budget": BudgetOptions,
+}
+#: Flat keys of knife_config.json files written before the nesting (and the ``--knife_<key>`` command-line names)
+#: -> (group, option).
+LEGACY_KEYS: dict[str, tuple[str, str]] = {
+    "discrete_marginal": ("mutual_information", "marginal"),
+    "discrete_fit": ("mutual_information", "fit"),
+    "positive_part": ("mutual_information", "positive_part"),
+    "entropy_direction": ("entropy", "direction"),
+    "ib_estimator": ("information_bottleneck", "estimator"),
+    "ib_init_sigma": ("information_bottleneck", "init_sigma"),
+    "budget_rate": ("budget", "rate"),
+    "budget_smoothing": ("budget", "smoothing"),
+}
 
 
 @dataclass
@@ -134,7 +202,7 @@ class KNIFEConfig:
     sensitive_column: str | None = field(
         default=None, metadata=_help("dataset column holding the sensitive variable S (mutual_information)")
     )
-    sensitive_type: str = field(
+    sensitive_type: Literal["discrete", "continuous"] = field(
         default="discrete", metadata=_help("'discrete' (class ids) or 'continuous' S")
     )
     num_sensitive_classes: int | None = field(
@@ -143,7 +211,7 @@ class KNIFEConfig:
     )
     sensitive_dim: int = field(default=1, metadata=_help("dimension of a continuous S"))
     num_components: int = field(default=16, metadata=_help("mixture components K of each KNIFE kernel"))
-    covariance: str = field(
+    covariance: Literal["shared_diagonal", "diagonal", "full", "low_rank"] = field(
         default="diagonal", metadata=_help("kernel covariance: " + ", ".join(COVARIANCE_TYPES))
     )
     rank: int | None = field(default=None, metadata=_help("rank of the 'low_rank' covariance term"))
@@ -178,7 +246,7 @@ class KNIFEConfig:
         metadata=_help("a budget instead of a fixed weight: the weight becomes a Lagrange multiplier, adapted once per "
                        "optimizer step (hf_knife/budget.py) so that the penalty's estimate stays at or below target: "
                        "I(Z;S) in nats (mutual_information), the rate I(X;Z) in nats (information_bottleneck; the KL "
-                       "for ib_estimator='vib'), h(Z) in nats (entropy, 'lower': h <= target; 'raise': h >= target; "
+                       "for ib_estimator='vib'), h(Z) in nats (entropy, entropy.direction 'lower': h <= target; 'raise': h >= target; "
                        "any finite value, entropies can be negative), the adversary's bound H(S) - CE on I(Z;S) in "
                        "nats (adversarial). > 0 except for entropy. weight is then the initial multiplier (> 0, "
                        "also the unit of the controller's steps); "
@@ -188,37 +256,23 @@ class KNIFEConfig:
                        "accuracy exceeds the majority-class rate by at most sqrt(I(Z;S)/2) (Pinsker and Jensen), "
                        "so 0.005 nats allows at most 5 points, 0.02 nats at most 10; this holds for the true "
                        "I(Z;S), and the budget holds the estimate, so check with a fresh attacker. With a discrete S "
-                       "budget discrete_fit='posterior' (and positive_part=false): with the likelihood fit the model "
+                       "budget with mutual_information.fit='posterior' (and positive_part=false): with the likelihood fit the model "
                        "can push the estimate below zero while an attacker still reads S"),
     )  # fmt: skip
-    budget_rate: float = field(
-        default=BUDGET_RATE,
-        metadata=_help("with target: the controller's step per nat of constraint, in units of the initial weight: "
-                       "multiplier <- clip(multiplier + rate * weight * average(estimate - target), 0, 1e4 * weight)"),
-    )  # fmt: skip
-    budget_smoothing: float = field(
-        default=BUDGET_SMOOTHING,
-        metadata=_help("with target: weight of the past in the exponential moving average of the constraint that "
-                       "drives the controller, in [0, 1) (0: the current step only)"),
-    )  # fmt: skip
-    discrete_marginal: str = field(
-        default="mixture",
-        metadata=_help("discrete S: 'mixture' estimates h(Z) with the mixture of the class kernels weighted by the "
-                       "class frequencies (I(Z;S) <= H(S), low variance); 'kernel' fits a separate marginal KNIFE"),
-    )  # fmt: skip
-    discrete_fit: str = field(
-        default="likelihood",
-        metadata=_help("discrete S with the 'mixture' marginal: how the class kernels are fitted. 'likelihood': "
-                       "h(Z) + h(Z|S), both NLLs (the KNIFE fit); 'posterior': the cross-entropy of the class "
-                       "posterior q(s|z), i.e. maximise the estimate I(Z;S) = H(S) - CE (a Barber-Agakov bound), "
-                       "the objective an adversary is trained on"),
-    )  # fmt: skip
-    positive_part: bool = field(
-        default=True,
-        metadata=_help("mutual_information: penalise mean_n max(0, pointwise MI) instead of its mean, so the model "
-                       "gains nothing by pushing estimates below zero while the estimator lags (the logged I(Z;S) "
-                       "stays the raw difference)"),
-    )  # fmt: skip
+    mutual_information: MutualInformationOptions = field(
+        default_factory=lambda: MutualInformationOptions(),
+        metadata=_help("options of the mutual_information penalty (MutualInformationOptions)"),
+    )
+    entropy: EntropyOptions = field(
+        default_factory=lambda: EntropyOptions(), metadata=_help("options of the entropy penalty (EntropyOptions)")
+    )
+    information_bottleneck: BottleneckOptions = field(
+        default_factory=lambda: BottleneckOptions(),
+        metadata=_help("options of the information_bottleneck penalty (BottleneckOptions)"),
+    )
+    budget: BudgetOptions = field(
+        default_factory=lambda: BudgetOptions(), metadata=_help("options of the budget controller (BudgetOptions)")
+    )
     standardize: bool = field(
         default=True,
         metadata=_help("estimate on Z standardised by running per-dimension statistics (updated once per optimizer "
@@ -231,16 +285,6 @@ class KNIFEConfig:
     init_num_samples: int = field(
         default=256, metadata=_help("number of training examples used to initialise")
     )
-    entropy_direction: str = field(
-        default="lower", metadata=_help("entropy penalty: 'lower' or 'raise' h(Z)")
-    )
-    ib_estimator: str = field(
-        default="knife",
-        metadata=_help("information_bottleneck: 'knife' (h_KNIFE(Z) - h(Z|X)) or 'vib' (KL to N(0,I))"),
-    )
-    ib_init_sigma: float = field(
-        default=0.1, metadata=_help("initial noise scale of the stochastic Gaussian head")
-    )
     gather_features: bool = field(
         default=False,
         metadata=_help("all-gather Z and S across processes (with gradient) before the penalty"),
@@ -250,39 +294,32 @@ class KNIFEConfig:
     )
 
     def __post_init__(self) -> None:
+        for name, cls in OPTION_GROUPS.items():  # rebuilt from dicts (a loaded file, a model config)
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, cls(**value))
+            elif not isinstance(value, cls):
+                raise TypeError(f"{name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
         self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> KNIFEConfig:
         """Raise a ValueError naming the bad field and the valid values; returns self."""
-        PENALTY_REGISTRY.check(self.penalty)
+        penalty_cls = PENALTY_REGISTRY.get(self.penalty)
         REPRESENTATION_REGISTRY.check(self.representation)
-        _check_choice(self.covariance, "covariance", COVARIANCE_TYPES)
-        _check_choice(self.sensitive_type, "sensitive_type", SENSITIVE_TYPES)
-        _check_choice(self.entropy_direction, "entropy_direction", ENTROPY_DIRECTIONS)
-        _check_choice(self.ib_estimator, "ib_estimator", IB_ESTIMATORS)
-        _check_choice(self.discrete_marginal, "discrete_marginal", DISCRETE_MARGINALS)
-        _check_choice(self.discrete_fit, "discrete_fit", tuple(FIT_OBJECTIVES))
-        if self.discrete_fit != "likelihood" and self.discrete_marginal != "mixture":
-            raise ValueError(
-                f"discrete_fit={self.discrete_fit!r} needs discrete_marginal='mixture' (the posterior of a separate "
-                f"marginal kernel is not normalised), got discrete_marginal={self.discrete_marginal!r}"
-            )
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)):
-            raise ValueError(f"weight must be a number >= 0, got {self.weight!r}")
-        if math.isnan(self.weight) or math.isinf(self.weight) or self.weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {self.weight}")
-        self._validate_budget()
+        _check_literals(self)
+        if self.covariance not in COVARIANCE_TYPES:
+            raise ValueError(f"unknown covariance {self.covariance!r}; expected one of {COVARIANCE_TYPES}")
+        for name in OPTION_GROUPS:
+            getattr(self, name).validate()
+        _check_number(self.weight, "weight", 0)
         for name in ("num_components", "sensitive_dim", "init_num_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("inner_steps", "warmup_steps", "anneal_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not (self.estimator_lr > 0 and math.isfinite(self.estimator_lr)):
-            raise ValueError(f"estimator_lr must be a finite number > 0, got {self.estimator_lr}")
-        if not (self.ib_init_sigma > 0 and math.isfinite(self.ib_init_sigma)):
-            raise ValueError(f"ib_init_sigma must be > 0, got {self.ib_init_sigma}")
+        _check_number(self.estimator_lr, "estimator_lr", positive=True)
         if self.projection_dim is not None and self.projection_dim < 1:
             raise ValueError(f"projection_dim must be a positive integer or None, got {self.projection_dim}")
         if self.num_sensitive_classes is not None and self.num_sensitive_classes < 2:
@@ -290,53 +327,29 @@ class KNIFEConfig:
         if self.bandwidth_bounds is not None:
             bounds = list(self.bandwidth_bounds)
             if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
-                raise ValueError(
-                    f"bandwidth_bounds must be [min, max] with 0 < min < max, got {self.bandwidth_bounds}"
-                )
+                raise ValueError(f"bandwidth_bounds must be [min, max] with 0 < min < max, got {self.bandwidth_bounds}")
             self.bandwidth_bounds = [float(b) for b in bounds]
         self.hidden_dims = [int(h) for h in self.hidden_dims]
         if self.representation == "module" and not self.module_name:
-            raise ValueError(
-                "representation='module' needs module_name (e.g. 'bert.pooler' or 'pre_classifier')"
-            )
+            raise ValueError("representation='module' needs module_name (e.g. 'bert.pooler' or 'pre_classifier')")
         if self.representation in ("pooler", "module") and self.layer is not None:
-            raise ValueError(
-                f"layer applies to representation 'cls' or 'mean' only, not {self.representation!r}"
-            )
+            raise ValueError(f"layer applies to representation 'cls' or 'mean' only, not {self.representation!r}")
         if self.module_name and self.layer is not None:
             raise ValueError("pass either module_name or layer, not both")
-        if self.penalty == "information_bottleneck":
-            if self.representation == "mean":
-                raise ValueError(
-                    "information_bottleneck needs a representation the classifier reads directly: use 'cls', "
-                    "'pooler' or 'module', not 'mean'"
-                )
-            if self.projection_dim is not None:
-                raise ValueError(
-                    "information_bottleneck does not support projection_dim (h(Z|X) is closed-form in Z)"
-                )
+        self._validate_target(penalty_cls)
+        penalty_cls.check_config(self)
         return self
 
-    def _validate_budget(self) -> None:
-        """Checks of ``target``, ``budget_rate`` and ``budget_smoothing`` (see the ``target`` help)."""
-        for name in ("budget_rate", "budget_smoothing"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.budget_rate <= 0:
-            raise ValueError(f"budget_rate must be > 0, got {self.budget_rate}")
-        if not 0 <= self.budget_smoothing < 1:
-            raise ValueError(f"budget_smoothing must be in [0, 1), got {self.budget_smoothing}")
+    def _validate_target(self, penalty_cls: type) -> None:
+        """Checks of ``target`` (see its help)."""
         target = self.target
         if target is None:
             return
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
             raise ValueError(f"target must be a finite number (nats) or None, got {target!r}")
-        penalty_cls = PENALTY_REGISTRY.get(self.penalty)
-        if not getattr(penalty_cls, "supports_target", False):
+        if not penalty_cls.supports_target:
             raise ValueError(
-                f"penalty {self.penalty!r} cannot take a target (it defines no estimate to budget); "
-                "use a fixed weight"
+                f"penalty {self.penalty!r} cannot take a target (it defines no estimate to budget); use a fixed weight"
             )
         if self.penalty != "entropy" and target <= 0:
             raise ValueError(
@@ -356,8 +369,8 @@ class KNIFEConfig:
 
     @property
     def needs_sensitive(self) -> bool:
-        """True when the penalty reads the sensitive column."""
-        return self.penalty in ("mutual_information", "adversarial")
+        """True when the penalty reads the sensitive column (declared by the penalty class)."""
+        return bool(PENALTY_REGISTRY.get(self.penalty).needs_sensitive)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -368,12 +381,23 @@ class KNIFEConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> KNIFEConfig:
-        """Build from a dict; unknown keys (from a newer version) are ignored with a warning."""
+        """Build from a dict (nested or legacy flat keys, see :data:`LEGACY_KEYS`); unknown keys (from a newer
+        version) are ignored with a warning."""
+        values = dict(values)
+        values.pop("hf_knife_version", None)
+        groups = {name: dict(values.pop(name, None) or {}) for name in OPTION_GROUPS}
+        for key, (group, option) in LEGACY_KEYS.items():
+            if key in values:
+                groups[group].setdefault(option, values.pop(key))
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - {"hf_knife_version"})
+        unknown = sorted(set(values) - known)
+        for name, options in groups.items():
+            option_names = {f.name for f in dataclasses.fields(OPTION_GROUPS[name])}
+            unknown += [f"{name}.{key}" for key in sorted(set(options) - option_names)]
+            groups[name] = {k: v for k, v in options.items() if k in option_names}
         if unknown:
             warnings.warn(f"KNIFEConfig: ignoring unknown keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{k: v for k, v in values.items() if k in known}, **groups)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
         """Write ``knife_config.json`` into ``save_directory``; returns the file path."""

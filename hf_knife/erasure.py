@@ -1,6 +1,6 @@
 """Linear concept erasure (LEACE, INLP) as a layer inside a Transformers classifier.
 
-Post-hoc linear erasure on frozen features is the first thing a practitioner tries (DESIGN.md section 6): fit an
+Post-hoc linear erasure on frozen features is the first thing a practitioner tries (docs/design.md §4): fit an
 affine map on training representations Z and the sensitive attribute S so that no *linear* classifier reads S from
 the erased Z better than a constant. This module
 
@@ -27,7 +27,6 @@ the erased Z better than a constant. This module
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -297,15 +296,12 @@ def fit_linear_head(
 ERASURE_CONFIG_KEY = "erasure"
 
 
-def _source_config(settings: dict[str, Any]) -> Any:
-    from .config import KNIFEConfig
+def _representation(model: nn.Module, settings: dict[str, Any]) -> Any:
+    """Where the erasure layer reads Z in ``model`` (a :class:`~hf_knife.representation.Representation`)."""
+    from .representation import Representation
 
-    return KNIFEConfig(
-        penalty="entropy",
-        representation=settings.get("representation", "pooler"),
-        layer=settings.get("layer"),
-        module_name=settings.get("module_name"),
-    )
+    kind = settings.get("representation", "pooler")
+    return Representation.resolve(model, kind, settings.get("module_name"), settings.get("layer"))
 
 
 def _check_head(model: nn.Module, name: str, dim: int) -> str:
@@ -348,25 +344,15 @@ class ErasureModelMixin:
         settings.setdefault("head", head)
         settings.setdefault("representation", "pooler")
         self.config.erasure = settings
-        from .pooling import resolve_source
-
-        resolve_source(self, _source_config(settings))  # a clear error now rather than at the first forward
-
-    def _erasure_attention_mask(self, args: tuple, kwargs: dict) -> Tensor | None:
-        if "attention_mask" in kwargs:
-            return kwargs["attention_mask"]
-        names = list(inspect.signature(self._erasure_parent_forward).parameters)
-        if "attention_mask" in names and names.index("attention_mask") < len(args):
-            return args[names.index("attention_mask")]
-        return None
+        _representation(self, settings)  # a clear error now rather than at the first forward
 
     def _erasure_forward(self, args: tuple, kwargs: dict) -> Any:
-        from .pooling import FeatureCapture, resolve_source
+        from .representation import attention_mask_of
 
         settings = self.config.erasure
-        source, _ = resolve_source(self, _source_config(settings))
         head = self.get_submodule(settings["head"])
-        capture = FeatureCapture(source, settings["representation"], self._erasure_attention_mask(args, kwargs))
+        mask = attention_mask_of(self._erasure_parent_forward, args, kwargs)
+        capture = _representation(self, settings).capture(self, mask)
 
         def feed_erased(module: nn.Module, inputs: tuple) -> tuple:
             if capture.features is None:
@@ -412,18 +398,16 @@ def erased_model_class(base_cls: type) -> type:
             raise ValueError(f"{type(self).__name__} needs a config with an 'erasure' entry (see add_erasure)")
         self._erasure_attach(config.erasure)
 
-    strict = set(getattr(base_cls, "_keep_in_fp32_modules_strict", None) or []) | {"erasure"}
+    from .modeling import derived_model_class
+
     namespace = {
         "__init__": __init__,
         "forward": _make_erased_forward(base_cls.forward),
         "_erasure_parent_forward": base_cls.forward,
-        "_keep_in_fp32_modules_strict": sorted(strict),
-        "__module__": __name__,
         "__doc__": f"{base_cls.__name__} whose head reads an erased representation (see ErasureModelMixin).",
     }
-    cls = type(f"Erased{base_cls.__name__}", (ErasureModelMixin, base_cls), namespace)
+    cls = derived_model_class("Erased", ErasureModelMixin, base_cls, namespace, fp32_module="erasure")
     _ERASED_CLASSES[base_cls] = cls
-    globals()[cls.__name__] = cls  # picklable by name
     return cls
 
 
@@ -473,11 +457,11 @@ class AutoErasedModelForSequenceClassification:
     """Load a checkpoint saved by an erased model (``config.erasure``), with its KNIFE penalty when it has one."""
 
     @staticmethod
-    def _class_for(config: Any) -> type:
+    def _class_for(config: Any, has_knife: bool) -> type:
         from transformers import AutoModelForSequenceClassification
 
         base = AutoModelForSequenceClassification._model_mapping[type(config)]
-        if getattr(config, "knife", None):
+        if has_knife:
             from .modeling import knife_model_class
 
             base = knife_model_class(base)
@@ -492,5 +476,10 @@ class AutoErasedModelForSequenceClassification:
             config, kwargs = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **kwargs)
         if not getattr(config, ERASURE_CONFIG_KEY, None):
             raise ValueError(f"{path} has no erasure layer (no 'erasure' entry in its config.json)")
-        return cls._class_for(config).from_pretrained(path, config=config, **kwargs)
+        from .modeling import find_knife_config
+
+        knife_config = find_knife_config(path, kwargs, config)
+        if knife_config is not None:
+            kwargs["knife_config"] = knife_config
+        return cls._class_for(config, knife_config is not None).from_pretrained(path, config=config, **kwargs)
 

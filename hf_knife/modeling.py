@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import sys
 from typing import Any
 
 import torch
@@ -26,32 +27,26 @@ from transformers.utils import ModelOutput
 
 from .budget import BudgetController
 from .config import KNIFE_CONFIG_NAME, KNIFEConfig
-from .penalties import GaussianHead, KNIFEPenalty, build_penalty
-from .pooling import FeatureCapture, feature_dim, resolve_source
+from .penalties import GaussianHead, KNIFEPenalty, build_penalty, penalty_metric_names
+from .representation import Representation, attention_mask_of
 
 __all__ = [
-    "KNIFE_OUTPUT_FIELDS",
     "AutoKNIFEModelForSequenceClassification",
     "KNIFEModelMixin",
     "add_knife",
+    "find_knife_config",
     "get_knife_module",
     "knife_model_class",
+    "knife_output_fields",
 ]
 
-#: Scalar fields added to the model output (``None`` when the penalty did not run).
-KNIFE_OUTPUT_FIELDS = (
-    "knife_loss",
-    "knife_mutual_information",
-    "knife_marginal_entropy",
-    "knife_conditional_entropy",
-    "knife_estimator_nll",
-    "knife_vib_kl",
-    "knife_adversary_loss",
-    "knife_adversary_accuracy",
-    "knife_weight",
-    "knife_multiplier",
-    "knife_constraint",
-)
+
+def knife_output_fields() -> tuple[str, ...]:
+    """Scalar fields added to the model output (``None`` when the penalty did not run): ``knife_loss`` and
+    ``knife_<metric>`` for every metric a registered penalty declares."""
+    return ("knife_loss", *(f"knife_{name}" for name in penalty_metric_names()))
+
+
 KNIFE_TAGS = ["knife", "hf_knife"]
 
 
@@ -89,10 +84,14 @@ class KNIFEModelMixin:
 
     def _knife_attach(self, knife_config: KNIFEConfig) -> None:
         knife_config.validate()
-        self.config.knife = knife_config.to_dict()
-        _, description = resolve_source(self, knife_config)
-        dim = feature_dim(self, knife_config)
-        self.knife = build_penalty(knife_config, dim, source=f"{description} of {type(self).__name__}")
+        self.knife_representation = Representation.from_config(self, knife_config)
+        rep = self.knife_representation
+        if rep.dim is None:
+            raise ValueError(
+                f"the dimension of Z ({rep.description}) is unknown: {type(self).__name__}'s config has no hidden_size; "
+                "set module_name to a module ending in an nn.Linear"
+            )
+        self.knife = build_penalty(knife_config, rep.dim, source=f"{rep.description} of {type(self).__name__}")
         self.add_model_tags(KNIFE_TAGS + [knife_config.penalty.replace("_", "-")])
 
     @property
@@ -117,32 +116,18 @@ class KNIFEModelMixin:
     @torch.no_grad()
     def knife_features(self, *args: Any, **kwargs: Any) -> Tensor:
         """Run the model and return the raw representation ``[B, hidden]`` (no penalty, no stochastic head)."""
-        knife = self.knife_module
-        module, _ = resolve_source(self, knife.config)
         kwargs.pop("sensitive", None)
-        capture = FeatureCapture(
-            module, knife.config.representation, self._knife_attention_mask(args, kwargs)
-        )
-        with capture:
+        with self.knife_representation.capture(self, self._knife_attention_mask(args, kwargs)) as capture:
             self._knife_parent_forward(*args, **kwargs)
         return capture.features
 
     def _knife_attention_mask(self, args: tuple, kwargs: dict) -> Tensor | None:
-        if "attention_mask" in kwargs:
-            return kwargs["attention_mask"]
-        names = list(inspect.signature(self._knife_parent_forward).parameters)
-        if "attention_mask" in names and names.index("attention_mask") < len(args):
-            return args[names.index("attention_mask")]
-        return None
+        return attention_mask_of(self._knife_parent_forward, args, kwargs)
 
     def _knife_forward(self, args: tuple, kwargs: dict, sensitive: Tensor | None) -> Any:
         knife = self.knife_module
-        module, _ = resolve_source(self, knife.config)
-        transform = getattr(knife, "transform", None)
-        capture = FeatureCapture(
-            module, knife.config.representation, self._knife_attention_mask(args, kwargs), transform
-        )
-        with capture:
+        mask = self._knife_attention_mask(args, kwargs)
+        with self.knife_representation.capture(self, mask, getattr(knife, "transform", None)) as capture:
             outputs = self._knife_parent_forward(*args, **kwargs)
         if capture.features is None:
             raise RuntimeError(
@@ -150,15 +135,16 @@ class KNIFEModelMixin:
             )
         if sensitive is None and knife.config.needs_sensitive and not self.training:
             return outputs  # inference without S: no penalty
-        penalty = self.knife(capture.features, sensitive)
-        values = {f"knife_{k}": v for k, v in penalty.metrics.items() if f"knife_{k}" in KNIFE_OUTPUT_FIELDS}
+        penalty = self.knife(capture.features, sensitive, **capture.extra)
+        fields = knife_output_fields()
+        values = {f"knife_{k}": v for k, v in penalty.metrics.items() if f"knife_{k}" in fields}
         values["knife_loss"] = penalty.loss.detach()
         if isinstance(outputs, ModelOutput):
             loss = outputs.get("loss")
             loss = penalty.loss if loss is None and self.training else loss
             if loss is not None and outputs.get("loss") is not None:
                 loss = outputs["loss"] + penalty.loss
-            output_cls = _knife_output_class(type(outputs))
+            output_cls = _knife_output_class(type(outputs), fields)
             return output_cls(**{**outputs, "loss": loss, **values})
         if kwargs.get("labels") is not None:  # tuple output: (loss, logits, ...)
             return (outputs[0] + penalty.loss, *outputs[1:])
@@ -166,9 +152,9 @@ class KNIFEModelMixin:
 
 
 @functools.cache
-def _knife_output_class(base: type) -> type:
-    """``base`` (a ModelOutput dataclass) plus the ``knife_*`` fields, all defaulting to None."""
-    fields = [(name, Tensor | None, dataclasses.field(default=None)) for name in KNIFE_OUTPUT_FIELDS]
+def _knife_output_class(base: type, names: tuple[str, ...]) -> type:
+    """``base`` (a ModelOutput dataclass) plus the fields ``names``, all defaulting to None."""
+    fields = [(name, Tensor | None, dataclasses.field(default=None)) for name in names]
     return dataclasses.make_dataclass(
         f"KNIFE{base.__name__}", fields, bases=(base,), namespace={"__module__": __name__}
     )
@@ -198,40 +184,92 @@ def _make_forward(parent: Any) -> Any:
 _CLASSES: dict[type, type] = {}
 
 
+#: Weights saved by hf_knife 0.1 (before the penalty owned a standardiser and an inner fitter) -> today's names;
+#: ``from_pretrained`` renames them (transformers' ``key_mapping``), so older checkpoints keep their estimator state.
+LEGACY_STATE_KEYS = {
+    r"knife\.feature_mean$": "knife.standardizer.mean",
+    r"knife\.feature_var$": "knife.standardizer.var",
+    r"knife\.inner_state\.": "knife.fitter.",
+}
+
+
+def find_knife_config(
+    path: str | os.PathLike, hub_kwargs: dict[str, Any] | None = None, config: Any = None
+) -> KNIFEConfig | None:
+    """The ``knife_config.json`` beside the weights at ``path`` (a folder or a Hub id), else the ``knife`` entry of
+    an hf_knife 0.1 ``config`` (model config); None when there is neither."""
+    return _knife_config_file(path, hub_kwargs or {}) or _legacy_knife_config(config)
+
+
+def _knife_config_file(path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> KNIFEConfig | None:
+    folder = str(path)
+    if os.path.isdir(folder):
+        local = os.path.join(folder, KNIFE_CONFIG_NAME)
+        return KNIFEConfig.from_pretrained(local) if os.path.isfile(local) else None
+    keys = ("revision", "cache_dir", "token", "local_files_only", "subfolder")
+    try:
+        return KNIFEConfig.from_pretrained(folder, **{k: hub_kwargs[k] for k in keys if k in hub_kwargs})
+    except OSError:  # not on the Hub, or offline: the caller says what is missing
+        return None
+
+
+def _legacy_knife_config(config: Any) -> KNIFEConfig | None:
+    """The KNIFE config that hf_knife < 0.2 stored inside ``config.json`` (a ``knife`` entry), if any."""
+    values = getattr(config, "knife", None)
+    return KNIFEConfig.from_dict(values) if values else None
+
+
 def knife_model_class(base_cls: type[PreTrainedModel]) -> type:
     """The KNIFE subclass of a model class, e.g. ``KNIFEBertForSequenceClassification`` (cached).
 
-    Its ``__init__(config, knife_config=None)`` reads ``config.knife`` when ``knife_config`` is not given.
+    ``__init__(config, knife_config=...)``; ``from_pretrained(path)`` reads the ``knife_config.json`` saved beside
+    the weights (or the ``knife`` entry of an older ``config.json``).
     """
     if issubclass(base_cls, KNIFEModelMixin):
         return base_cls
     if base_cls in _CLASSES:
         return _CLASSES[base_cls]
 
-    def __init__(
-        self, config: Any, *args: Any, knife_config: KNIFEConfig | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, config: Any, *args: Any, knife_config: KNIFEConfig | None = None, **kwargs: Any) -> None:
         base_cls.__init__(self, config, *args, **kwargs)
+        knife_config = knife_config if knife_config is not None else _legacy_knife_config(config)
         if knife_config is None:
-            if not getattr(config, "knife", None):
-                raise ValueError(
-                    f"{type(self).__name__} needs knife_config= or a config with a 'knife' entry"
-                )
-            knife_config = KNIFEConfig.from_dict(config.knife)
+            raise ValueError(
+                f"{type(self).__name__} needs knife_config=KNIFEConfig(...) (from_pretrained reads the "
+                f"{KNIFE_CONFIG_NAME} saved beside the weights)"
+            )
         self._knife_attach(knife_config)
 
-    strict = set(getattr(base_cls, "_keep_in_fp32_modules_strict", None) or []) | {"knife"}
+    def from_pretrained(cls: type, path: str | os.PathLike, *args: Any, knife_config: KNIFEConfig | None = None,
+                        **kwargs: Any) -> PreTrainedModel:  # fmt: skip
+        """``from_pretrained`` of the base class, with the ``knife_config.json`` found beside the weights."""
+        if knife_config is None:
+            knife_config = _knife_config_file(path, kwargs)
+        if knife_config is not None:
+            kwargs["knife_config"] = knife_config
+        kwargs["key_mapping"] = {**LEGACY_STATE_KEYS, **(kwargs.get("key_mapping") or {})}
+        return super(new_cls, cls).from_pretrained(path, *args, **kwargs)
+
     namespace = {
         "__init__": __init__,
+        "from_pretrained": classmethod(from_pretrained),
         "forward": _make_forward(base_cls.forward),
         "_knife_parent_forward": base_cls.forward,
-        "_keep_in_fp32_modules_strict": sorted(strict),
-        "__module__": __name__,
         "__doc__": f"{base_cls.__name__} with a KNIFE penalty computed inside forward (see KNIFEModelMixin).",
     }
-    cls = type(f"KNIFE{base_cls.__name__}", (KNIFEModelMixin, base_cls), namespace)
-    _CLASSES[base_cls] = cls
-    globals()[cls.__name__] = cls  # picklable by name
+    new_cls = derived_model_class("KNIFE", KNIFEModelMixin, base_cls, namespace, fp32_module="knife")
+    _CLASSES[base_cls] = new_cls
+    return new_cls
+
+
+def derived_model_class(prefix: str, mixin: type, base_cls: type, namespace: dict[str, Any], fp32_module: str) -> type:
+    """``<prefix><Base>``: ``mixin`` mixed in before ``base_cls`` with the attributes ``namespace``; the submodule
+    ``fp32_module`` stays in fp32 when the model is loaded in another dtype. The class is registered in the mixin's
+    module under its name, so models pickle by name."""
+    strict = set(getattr(base_cls, "_keep_in_fp32_modules_strict", None) or []) | {fp32_module}
+    namespace = {**namespace, "_keep_in_fp32_modules_strict": sorted(strict), "__module__": mixin.__module__}
+    cls = type(f"{prefix}{base_cls.__name__}", (mixin, base_cls), namespace)
+    setattr(sys.modules[mixin.__module__], cls.__name__, cls)
     return cls
 
 
@@ -261,10 +299,8 @@ class AutoKNIFEModelForSequenceClassification:
         return knife_model_class(AutoModelForSequenceClassification._model_mapping[type(config)])
 
     @classmethod
-    def from_config(
-        cls, config: Any, knife_config: KNIFEConfig | None = None, **kwargs: Any
-    ) -> PreTrainedModel:
-        """A freshly initialised model; ``knife_config`` overrides ``config.knife``."""
+    def from_config(cls, config: Any, knife_config: KNIFEConfig | None = None, **kwargs: Any) -> PreTrainedModel:
+        """A freshly initialised model with the penalty of ``knife_config``."""
         return cls._class_for(config)(config, knife_config=knife_config, **kwargs)
 
     @classmethod
@@ -275,11 +311,7 @@ class AutoKNIFEModelForSequenceClassification:
         config = kwargs.pop("config", None)
         if config is None:
             config, kwargs = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **kwargs)
-        if knife_config is not None:
-            config.knife = knife_config.to_dict()
-        elif not getattr(config, "knife", None):
-            local = os.path.join(str(path), KNIFE_CONFIG_NAME)
-            if not os.path.isfile(local):
-                raise ValueError(f"{path} has no KNIFE configuration: pass knife_config=KNIFEConfig(...)")
-            config.knife = KNIFEConfig.from_pretrained(local).to_dict()
-        return cls._class_for(config).from_pretrained(path, config=config, **kwargs)
+        knife_config = knife_config or find_knife_config(path, kwargs, config)
+        if knife_config is None:
+            raise ValueError(f"{path} has no KNIFE configuration ({KNIFE_CONFIG_NAME}): pass knife_config=KNIFEConfig(...)")
+        return cls._class_for(config).from_pretrained(path, config=config, knife_config=knife_config, **kwargs)

@@ -1,4 +1,4 @@
-"""Small autograd operations used to route gradients in the min-max (DESIGN.md §2)."""
+"""Small autograd operations used to route gradients in the min-max (docs/design.md §2)."""
 
 from __future__ import annotations
 

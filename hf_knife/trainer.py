@@ -6,7 +6,7 @@
 The penalty is computed inside the model's forward (see :mod:`hf_knife.modeling`); the trainer keeps the
 sensitive column, passes it as ``sensitive=``, gives the estimator its own optimizer group, initialises the
 estimator at data before training, logs ``knife/*`` scalars, and saves ``knife_config.json``. Without a
-``knife_config`` it behaves as ``Trainer`` (with the gradient-accumulation loss scaling of HF_NOTES.md fixed).
+``knife_config`` it behaves as ``Trainer`` (with the gradient-accumulation loss scaling fixed, see ``model_accepts_loss_kwargs`` below).
 """
 
 from __future__ import annotations
@@ -17,21 +17,19 @@ import itertools
 import json
 import os
 import shutil
-import typing
 from collections import defaultdict
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .checkpoints import resolve_resume_checkpoint
-from .config import KNIFE_CONFIG_NAME, KNIFEConfig
+from .columns import check_sensitive_column, check_task_labels, column_names, count_classes, dataset_length
+from .config import KNIFE_CONFIG_NAME, LEGACY_KEYS, OPTION_GROUPS, KNIFEConfig
 from .distributed import check_gather, check_launch
-from .modeling import KNIFE_OUTPUT_FIELDS, KNIFE_TAGS, KNIFEModelMixin, add_knife, get_knife_module
+from .modeling import KNIFE_TAGS, KNIFEModelMixin, add_knife, get_knife_module, knife_output_fields
 
 __all__ = ["KNIFE_CITATION", "KNIFETrainer", "KNIFETrainingArguments"]
 
@@ -45,241 +43,94 @@ KNIFE_CITATION = """@inproceedings{pichler2022knife,
 
 
 # --------------------------------------------------------------------------- arguments
-def _knife_argument_fields() -> list[tuple[str, Any, Any]]:
-    """One ``knife_<name>`` field per KNIFEConfig field (so every option exists on the command line)."""
-    hints = typing.get_type_hints(KNIFEConfig)
-    out = []
-    for f in dataclasses.fields(KNIFEConfig):
-        metadata = {"help": "KNIFE: " + f.metadata.get("help", "")}
-        if f.name == "penalty":  # None = no penalty (plain Trainer)
-            out.append(("knife_penalty", str | None, dataclasses.field(default=None, metadata=metadata)))
-        elif f.default_factory is not dataclasses.MISSING:
-            out.append(
-                (
-                    f"knife_{f.name}",
-                    hints[f.name],
-                    dataclasses.field(default_factory=f.default_factory, metadata=metadata),
-                )
-            )
-        else:
-            out.append(
-                (f"knife_{f.name}", hints[f.name], dataclasses.field(default=f.default, metadata=metadata))
-            )
-    return out
+def _option(name: str, group: str | None = None) -> Any:
+    """A ``knife_<name>`` field with the default and help of KNIFEConfig's field ``name`` (or of the option ``name``
+    of the nested options ``group``)."""
+    owner = OPTION_GROUPS[group] if group else KNIFEConfig
+    f = next(f for f in dataclasses.fields(owner) if f.name == name)
+    metadata = {"help": f"KNIFE{' ' + group if group else ''}: " + f.metadata.get("help", "")}
+    if f.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=f.default_factory, metadata=metadata)
+    return dataclasses.field(default=f.default, metadata=metadata)
 
 
-def _to_knife_config(self: TrainingArguments) -> KNIFEConfig | None:
-    """The KNIFEConfig described by the ``knife_*`` arguments, or None when ``knife_penalty`` is unset."""
-    if self.knife_penalty is None:
-        return None
-    values = {f.name: getattr(self, f"knife_{f.name}") for f in dataclasses.fields(KNIFEConfig)}
-    return KNIFEConfig(**values)
+def _legacy(key: str) -> Any:
+    return _option(LEGACY_KEYS[key][1], LEGACY_KEYS[key][0])
 
 
-KNIFETrainingArguments = dataclasses.make_dataclass(
-    "KNIFETrainingArguments",
-    _knife_argument_fields(),
-    bases=(TrainingArguments,),
-    namespace={
-        "to_knife_config": _to_knife_config,
-        "__module__": __name__,
-        "__doc__": "TrainingArguments plus one ``knife_<option>`` per KNIFEConfig field (``--knife_penalty ...``).",
-    },
-)
+@dataclasses.dataclass
+class KNIFETrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus one ``knife_<option>`` per KNIFEConfig option (``--knife_penalty ...`` on the
+    command line); :meth:`to_knife_config` builds the config. The nested options keep flat names
+    (``--knife_discrete_fit`` is ``mutual_information.fit``, see ``hf_knife.config.LEGACY_KEYS``)."""
+
+    knife_penalty: str | None = dataclasses.field(
+        default=None, metadata={"help": "KNIFE: the penalty (None: plain Trainer). " + _option("penalty").metadata["help"]}
+    )
+    knife_weight: float = _option("weight")
+    knife_target: float | None = _option("target")
+    knife_representation: str = _option("representation")
+    knife_module_name: str | None = _option("module_name")
+    knife_layer: int | None = _option("layer")
+    knife_sensitive_column: str | None = _option("sensitive_column")
+    knife_sensitive_type: Literal["discrete", "continuous"] = _option("sensitive_type")
+    knife_num_sensitive_classes: int | None = _option("num_sensitive_classes")
+    knife_sensitive_dim: int = _option("sensitive_dim")
+    knife_num_components: int = _option("num_components")
+    knife_covariance: Literal["shared_diagonal", "diagonal", "full", "low_rank"] = _option("covariance")
+    knife_rank: int | None = _option("rank")
+    knife_hidden_dims: list[int] = _option("hidden_dims")
+    knife_bandwidth_bounds: list[float] | None = _option("bandwidth_bounds")
+    knife_projection_dim: int | None = _option("projection_dim")
+    knife_estimator_lr: float = _option("estimator_lr")
+    knife_inner_steps: int = _option("inner_steps")
+    knife_warmup_steps: int = _option("warmup_steps")
+    knife_anneal_steps: int = _option("anneal_steps")
+    knife_standardize: bool = _option("standardize")
+    knife_init_from_data: bool = _option("init_from_data")
+    knife_init_num_samples: int = _option("init_num_samples")
+    knife_gather_features: bool = _option("gather_features")
+    knife_check_finite: bool = _option("check_finite")
+    knife_discrete_marginal: Literal["mixture", "kernel"] = _legacy("discrete_marginal")
+    knife_discrete_fit: Literal["likelihood", "posterior"] = _legacy("discrete_fit")
+    knife_positive_part: bool = _legacy("positive_part")
+    knife_entropy_direction: Literal["lower", "raise"] = _legacy("entropy_direction")
+    knife_ib_estimator: Literal["knife", "vib"] = _legacy("ib_estimator")
+    knife_ib_init_sigma: float = _legacy("ib_init_sigma")
+    knife_budget_rate: float = _legacy("budget_rate")
+    knife_budget_smoothing: float = _legacy("budget_smoothing")
+
+    def to_knife_config(self) -> KNIFEConfig | None:
+        """The KNIFEConfig described by the ``knife_*`` arguments, or None when ``knife_penalty`` is unset."""
+        if self.knife_penalty is None:
+            return None
+        groups: dict[str, dict[str, Any]] = {name: {} for name in OPTION_GROUPS}
+        for key, (group, option) in LEGACY_KEYS.items():
+            groups[group][option] = getattr(self, f"knife_{key}")
+        values = {f.name: getattr(self, f"knife_{f.name}") for f in dataclasses.fields(KNIFEConfig) if f.name not in groups}
+        return KNIFEConfig(**values, **{name: OPTION_GROUPS[name](**options) for name, options in groups.items()})
 
 
 def _constant_lr(step: int) -> float:
     return 1.0
 
 
-class _EndOfStepCallback(TrainerCallback):
-    """After every optimizer step: the penalty's inner fitting steps and running statistics (on every process)."""
+class _StepCallback(TrainerCallback):
+    """Drives the penalty's step protocol on every process: ``begin_step(global_step)`` before an optimizer step's
+    forwards, ``end_step()`` (inner fitting steps, running statistics, budget) after the optimizer."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
 
+    def on_step_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        knife = get_knife_module(self.trainer.model)
+        if knife is not None:
+            knife.begin_step(state.global_step)
+
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         knife = get_knife_module(self.trainer.model)
         if knife is not None:
-            knife.end_of_step()
-
-
-# --------------------------------------------------------------------------- data checks
-#: Label value that the task losses ignore (``CrossEntropyLoss(ignore_index=-100)``).
-IGNORE_INDEX = -100
-
-
-def _dataset_length(dataset: Any) -> int | None:
-    """``len(dataset)``, or None for an iterable dataset."""
-    try:
-        return len(dataset)
-    except TypeError:
-        return None
-
-
-def _first_example(dataset: Any) -> Mapping | None:
-    """The first example of a map-style dataset of dicts that is not a ``datasets.Dataset`` (else None)."""
-    if hasattr(dataset, "column_names") or not _dataset_length(dataset):
-        return None
-    try:
-        example = dataset[0]
-    except Exception:  # not indexable by position: nothing to check up front
-        return None
-    return example if isinstance(example, Mapping) else None
-
-
-def _column_names(dataset: Any) -> list[str] | None:
-    """The dataset's columns (a ``datasets`` dataset's, or the keys of the first example), None when unknown."""
-    names = getattr(dataset, "column_names", None)
-    if names is None:
-        example = _first_example(dataset)
-        names = list(example) if example is not None else None
-    return list(names) if names is not None else None
-
-
-def _full_column(dataset: Any, column: str) -> np.ndarray | None:
-    """Every value of ``column`` of a map-style ``datasets.Dataset``, flattened; None for other datasets."""
-    import datasets
-
-    if not isinstance(dataset, datasets.Dataset) or column not in dataset.column_names:
-        return None
-    return _flatten(dataset.with_format("numpy")[column])
-
-
-def _flatten(values: Any) -> np.ndarray:
-    """A flat numpy array of (possibly nested or ragged) values."""
-    array = np.asarray(values) if not isinstance(values, np.ndarray) else values
-    if array.dtype == object and array.size and isinstance(array.flat[0], (np.ndarray, list, tuple)):
-        return np.concatenate([_flatten(v) for v in array.flat]) if array.size else array
-    return array.reshape(-1)
-
-
-def _column_sample(dataset: Any, column: str) -> tuple[np.ndarray | None, str]:
-    """The values of ``column`` to check (all of a ``datasets.Dataset``, else the first example's) and where
-    they come from."""
-    values = _full_column(dataset, column)
-    if values is not None:
-        return values, ""
-    example = _first_example(dataset)
-    if example is None or column not in example:
-        return None, ""
-    value = example[column]
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    return _flatten([value] if np.ndim(value) == 0 else value), " in its first example"
-
-
-def _is_text(values: np.ndarray) -> bool:
-    if values.dtype.kind in "USa":
-        return True
-    return values.dtype == object and values.size > 0 and isinstance(values.flat[0], (str, bytes))
-
-
-def _examples(values: np.ndarray, limit: int = 3) -> str:
-    """Up to ``limit`` distinct values, as a readable list."""
-    distinct = list(dict.fromkeys(v.item() if hasattr(v, "item") else v for v in values.flat))
-    shown = ", ".join(repr(v) for v in distinct[:limit])
-    return shown + (", ..." if len(distinct) > limit else "")
-
-
-def _check_sensitive_column(config: KNIFEConfig, dataset: Any, names: list[str] | None) -> None:
-    """The sensitive column exists and holds numbers: class ids in range (discrete S) or finite values."""
-    column = config.sensitive_column
-    if column is None:
-        raise ValueError(
-            f"the {config.penalty} penalty needs sensitive_column (the dataset column holding S): "
-            "KNIFEConfig(sensitive_column=...) or --knife_sensitive_column"
-        )
-    if names is not None and column not in names:
-        raise ValueError(
-            f"sensitive column {column!r} is not in the training dataset; its columns are: {', '.join(names)}"
-        )
-    values, where = _column_sample(dataset, column)
-    if values is None:
-        return
-    if _is_text(values):
-        raise ValueError(
-            f"sensitive column {column!r} holds strings{where} (e.g. {_examples(values)}); the {config.penalty} "
-            f"penalty needs {'integer class ids 0..C-1' if config.sensitive_type == 'discrete' else 'numbers'}: "
-            f"encode them, e.g. dataset = dataset.class_encode_column({column!r}) (a ClassLabel, from which "
-            "KNIFETrainer also reads the number of classes)"
-        )
-    if values.dtype.kind not in "biuf":
-        raise ValueError(
-            f"sensitive column {column!r} holds values of type {values.dtype}{where}; expected "
-            f"{'integer class ids' if config.sensitive_type == 'discrete' else 'numbers'}"
-        )
-    if config.sensitive_type != "discrete":
-        finite = np.isfinite(values.astype(np.float64))
-        if not finite.all():
-            raise FloatingPointError(
-                f"sensitive column {column!r} holds {int((~finite).sum())} NaN or Inf values{where} (first at "
-                f"position {int(np.argmin(finite))}); a continuous S must be finite"
-            )
-        return
-    if values.dtype.kind == "f" and not bool((values == np.round(values)).all()):
-        raise ValueError(
-            f"sensitive column {column!r} holds non-integer values{where} (e.g. {values[values != np.round(values)][0]}); "
-            "use integer class ids, or sensitive_type='continuous'"
-        )
-    if values.size and int(values.min()) < 0:
-        raise ValueError(
-            f"sensitive column {column!r} holds negative class ids ({int(values.min())}){where}; expected ids in "
-            "[0, C-1] for C classes"
-        )
-    classes = config.num_sensitive_classes
-    if classes is not None and values.size and int(values.max()) >= classes:
-        raise ValueError(
-            f"sensitive column {column!r} holds class id {int(values.max())}{where}, expected ids in "
-            f"[0, {classes - 1}] (num_sensitive_classes={classes})"
-        )
-
-
-#: Model heads whose ``labels`` are class ids in ``[0, config.num_labels)``.
-CLASS_ID_HEADS = ("ForSequenceClassification", "ForTokenClassification")
-
-
-def _check_task_labels(
-    model: nn.Module, dataset: Any, names: list[str] | None, label_names: list[str] | None
-) -> None:
-    """The task labels of a sequence / token classifier are class ids in ``[0, num_labels)`` (or -100)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "config", None)
-    head = type(base).__name__
-    if config is None or not head.endswith(CLASS_ID_HEADS):
-        return
-    num_labels = getattr(config, "num_labels", None)
-    if (
-        not num_labels
-        or num_labels < 2
-        or getattr(config, "problem_type", None) in ("regression", "multi_label_classification")
-    ):
-        return
-    if label_names is not None and "labels" not in label_names:
-        return
-    # the default collators rename 'label' and 'label_ids' to 'labels'
-    column = next((c for c in ("labels", "label", "label_ids") if names is not None and c in names), None)
-    if column is None:
-        return
-    values, where = _column_sample(dataset, column)
-    if values is None:
-        return
-    if _is_text(values):
-        raise ValueError(
-            f"label column {column!r} holds strings{where} (e.g. {_examples(values)}); {head} expects class ids "
-            f"0..{num_labels - 1}: encode them, e.g. dataset = dataset.class_encode_column({column!r})"
-        )
-    if values.dtype.kind not in "iu":  # float labels: regression or multi-label, checked by the model
-        return
-    bad = ((values < 0) & (values != IGNORE_INDEX)) | (values >= num_labels)
-    if bad.any():
-        used = values[values != IGNORE_INDEX]
-        raise ValueError(
-            f"label column {column!r} holds class ids {_examples(np.unique(values[bad]), 5)} outside [0, "
-            f"{num_labels - 1}]{where} ({int(bad.sum())} of {values.size} labels): {head} has num_labels="
-            f"{num_labels}. Build the model with the number of classes (e.g. num_labels={int(used.max()) + 1}) or "
-            f"fix the labels ({IGNORE_INDEX} marks ignored positions)"
-        )
+            knife.end_step()
 
 
 # --------------------------------------------------------------------------- trainer
@@ -312,7 +163,7 @@ class KNIFETrainer(Trainer):
         self.knife_model_card_extra: str | None = None  # markdown appended to the model card (e.g. an audit)
         super().__init__(*args, **kwargs)
         # BERT-style heads take **kwargs, so Trainer believes they normalise by num_items_in_batch and scales
-        # the loss by the accumulation steps and process count: turn that off (HF_NOTES.md).
+        # the loss by the accumulation steps and process count: turn that off.
         self.model_accepts_loss_kwargs = False
         if knife_config is not None:
             check_gather(knife_config.gather_features, self.args.world_size)
@@ -322,7 +173,7 @@ class KNIFETrainer(Trainer):
         }
         knife = get_knife_module(self.model)
         if knife is not None:
-            self.add_callback(_EndOfStepCallback(self))
+            self.add_callback(_StepCallback(self))
         if knife is not None and not any(p.requires_grad for p in knife.estimator.parameters()):
             raise ValueError(
                 "the KNIFE estimator is frozen (PEFT freezes modules it does not adapt): pass "
@@ -345,31 +196,25 @@ class KNIFETrainer(Trainer):
         """
         if dataset is None:
             return
-        if _dataset_length(dataset) == 0:
+        if dataset_length(dataset) == 0:
             raise ValueError(
                 f"the training dataset is empty (0 examples, {type(dataset).__name__}): KNIFETrainer needs training "
                 "examples to train on and to initialise the KNIFE estimator from"
             )
-        names = _column_names(dataset)
+        names = column_names(dataset)
         if config.needs_sensitive:
-            _check_sensitive_column(config, dataset, names)
+            check_sensitive_column(config, dataset, names)
         if model is not None:
-            _check_task_labels(model, dataset, names, label_names)
+            check_task_labels(model, dataset, names, label_names)
 
     @staticmethod
     def _knife_infer_classes(config: KNIFEConfig, dataset: Any) -> KNIFEConfig:
         """Fill ``num_sensitive_classes`` from a ClassLabel feature or the largest id in the column."""
         if not config.needs_sensitive or config.sensitive_type != "discrete" or config.num_sensitive_classes:
             return config
-        features = getattr(dataset, "features", None)
         column = config.sensitive_column
-        feature = features.get(column) if features is not None else None
-        values = _full_column(dataset, column)
-        if feature is not None and hasattr(feature, "num_classes"):
-            num_classes = feature.num_classes
-        elif values is not None and values.size:
-            num_classes = int(values.max()) + 1
-        else:
+        num_classes = count_classes(dataset, column)
+        if num_classes is None:
             raise ValueError(
                 f"set num_sensitive_classes (KNIFEConfig(num_sensitive_classes=C) or --knife_num_sensitive_classes C): "
                 f"it cannot be inferred from this training dataset ({type(dataset).__name__} has no ClassLabel "
@@ -404,13 +249,12 @@ class KNIFETrainer(Trainer):
             raise ValueError(
                 f"sensitive column {column!r} is missing from the batch; the batch has: {', '.join(inputs)}"
             )
-        knife.global_step = self.state.global_step
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
         if isinstance(outputs, dict):
             metrics = self._knife_metrics["train" if model.training else "eval"]
-            for name in KNIFE_OUTPUT_FIELDS:
+            for name in knife_output_fields():
                 value = outputs.get(name)
                 if value is not None:
                     metrics[name[len("knife_") :]].append(value.detach().float())
@@ -441,7 +285,7 @@ class KNIFETrainer(Trainer):
         if ignore_keys is None:
             config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
             ignore_keys = list(getattr(config, "keys_to_ignore_at_inference", None) or [])
-        ignore_keys = [*ignore_keys, *KNIFE_OUTPUT_FIELDS, "hidden_states", "attentions"]
+        ignore_keys = [*ignore_keys, *knife_output_fields(), "hidden_states", "attentions"]
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     # ------------------------------------------------------------------ optimizer and scheduler

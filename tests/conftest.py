@@ -139,3 +139,16 @@ def fake_hub(tmp_path, monkeypatch):
 @pytest.fixture
 def dataset():
     return synthetic_dataset()
+
+
+#: A knife_config.json as hf_knife 0.1.0 wrote it (flat per-penalty keys, before the nested options).
+LEGACY_FILE = {
+    "anneal_steps": 0, "bandwidth_bounds": None, "budget_rate": 0.3, "budget_smoothing": 0.5, "check_finite": True,
+    "covariance": "diagonal", "discrete_fit": "posterior", "discrete_marginal": "mixture", "entropy_direction": "raise",
+    "estimator_lr": 0.01, "gather_features": False, "hf_knife_version": "0.1.0", "hidden_dims": [128, 128],
+    "ib_estimator": "vib", "ib_init_sigma": 0.2, "init_from_data": True, "init_num_samples": 256, "inner_steps": 10,
+    "layer": None, "module_name": None, "num_components": 16, "num_sensitive_classes": 2, "penalty": "mutual_information",
+    "positive_part": False, "projection_dim": None, "rank": None, "representation": "cls", "sensitive_column": "gender",
+    "sensitive_dim": 1, "sensitive_type": "discrete", "standardize": True, "target": 0.2, "warmup_steps": 0,
+    "weight": 1.0,
+}  # fmt: skip

@@ -12,10 +12,19 @@ from conftest import synthetic_dataset, tiny_model, train_losses, training_args
 from transformers import TrainerCallback, default_data_collator
 
 from hf_knife.budget import BudgetController
-from hf_knife.config import PENALTY_REGISTRY, KNIFEConfig
+from hf_knife.config import (
+    BottleneckOptions,
+    BudgetOptions,
+    EntropyOptions,
+    KNIFEConfig,
+    MutualInformationOptions,
+)
 from hf_knife.modeling import AutoKNIFEModelForSequenceClassification, add_knife, get_knife_module
 from hf_knife.penalties import KNIFEPenalty, build_penalty
+from hf_knife.registry import PENALTY_REGISTRY
 from hf_knife.trainer import KNIFETrainer
+
+POSTERIOR = MutualInformationOptions(fit="posterior", positive_part=False)
 
 
 def _mi(**kwargs):
@@ -73,7 +82,7 @@ def test_multiplier_is_clamped_and_raise_flips_the_sign():
 
 def test_penalty_without_trainer_updates_once_per_training_forward():
     torch.manual_seed(0)
-    penalty = build_penalty(KNIFEConfig(penalty="entropy", num_components=2, target=-100.0, budget_rate=0.01), 4)
+    penalty = build_penalty(KNIFEConfig(penalty="entropy", num_components=2, target=-100.0, budget=BudgetOptions(rate=0.01)), 4)
     z = torch.randn(16, 4)
     penalty.init_from_samples(z)
     out = penalty(z)
@@ -92,20 +101,21 @@ def test_penalty_without_trainer_updates_once_per_training_forward():
         (dict(penalty="mutual_information", num_sensitive_classes=2), "mutual_information"),
         (dict(penalty="mutual_information", sensitive_type="continuous", hidden_dims=[8]), "mutual_information"),
         (dict(penalty="information_bottleneck"), "mutual_information"),  # the rate I(X;Z)
-        (dict(penalty="information_bottleneck", ib_estimator="vib"), "vib_kl"),
+        (dict(penalty="information_bottleneck", information_bottleneck=BottleneckOptions(estimator="vib")), "vib_kl"),
         (dict(penalty="entropy"), "marginal_entropy"),
     ],
 )
 def test_each_penalty_budgets_its_estimate(options, metric):
     torch.manual_seed(0)
-    penalty = build_penalty(KNIFEConfig(num_components=2, target=0.5, budget_rate=0.1, **options), 4)
+    penalty = build_penalty(KNIFEConfig(num_components=2, target=0.5, budget=BudgetOptions(rate=0.1), **options), 4)
     z = torch.randn(16, 4)
     s = torch.randint(0, 2, (16,)) if options.get("sensitive_type", "discrete") == "discrete" else torch.randn(16, 1)
     needs = penalty.config.needs_sensitive
     penalty.init_from_samples(z, s if needs else None)
+    extra = {}
     if options["penalty"] == "information_bottleneck":
-        z = penalty.transform(z)
-    out = penalty(z, s if needs else None)
+        z, extra = penalty.transform(z)
+    out = penalty(z, s if needs else None, **extra)
     estimate = float(out.metrics[metric])
     assert float(out.metrics["constraint"]) == pytest.approx(estimate - 0.5, rel=1e-5, abs=1e-6)
     assert int(penalty.budget.count) == 1
@@ -124,7 +134,7 @@ def test_adversarial_budget_is_the_bound_of_the_whole_step():
                  for i in (0, 6))  # fmt: skip
     torch.testing.assert_close(halves, whole)
     p = torch.tensor([4.0, 6.0, 2.0], dtype=torch.float64) / 12
-    cross_entropy = torch.nn.functional.cross_entropy(penalty.estimator(penalty.standardize(z)), s).double()
+    cross_entropy = torch.nn.functional.cross_entropy(penalty.estimator(penalty.standardizer(z)), s).double()
     expected = -(p * p.log()).sum() - cross_entropy
     torch.testing.assert_close(penalty.budget_estimate(whole), expected, rtol=1e-5, atol=1e-6)
 
@@ -134,13 +144,13 @@ def test_adversarial_budget_is_the_bound_of_the_whole_step():
     "config, direction",
     [
         (dict(penalty="entropy", target=-1e4), 1),  # h(Z) is far above the cap: over budget at every step
-        (dict(penalty="entropy", entropy_direction="raise", target=1e4), 1),  # far below the floor
+        (dict(penalty="entropy", entropy=EntropyOptions(direction="raise"), target=1e4), 1),  # far below the floor
         (dict(target=5.0), -1),  # I(Z;S) <= H(S) = log 2 < 5 nats: under budget at every step
     ],
 )
 def test_multiplier_rises_over_budget_and_falls_under(tmp_path, config, direction):
     record = _RecordMultiplier()
-    trainer = _trainer(tmp_path, _mi(**config, budget_rate=1e-5 if "penalty" in config else 0.02), max_steps=4)
+    trainer = _trainer(tmp_path, _mi(**config, budget=BudgetOptions(rate=1e-5 if "penalty" in config else 0.02)), max_steps=4)
     trainer.add_callback(record)
     trainer.train()
     values = [1.0, *record.values]  # starts at weight = 1
@@ -152,7 +162,7 @@ def test_multiplier_rises_over_budget_and_falls_under(tmp_path, config, directio
 
 
 def test_warmup_keeps_the_multiplier_at_zero_then_the_controller_starts_at_weight(tmp_path):
-    trainer = _trainer(tmp_path, _mi(target=5.0, weight=0.5, warmup_steps=2, budget_rate=0.02), max_steps=4)
+    trainer = _trainer(tmp_path, _mi(target=5.0, weight=0.5, warmup_steps=2, budget=BudgetOptions(rate=0.02)), max_steps=4)
     trainer.train()
     weights = [e["knife/weight"] for e in trainer.state.log_history if "knife/weight" in e]
     assert weights[:3] == [0.0, 0.0, 0.5] and 0 < weights[3] < 0.5
@@ -164,7 +174,7 @@ def test_gradient_accumulation_gives_the_same_multiplier_and_parameters(tmp_path
     for batch, accumulation in [(8, 1), (4, 2), (2, 4)]:
         record = _RecordMultiplier()
         trainer = _trainer(
-            tmp_path / str(accumulation), _mi(target=0.01, budget_rate=0.1), max_steps=4,
+            tmp_path / str(accumulation), _mi(target=0.01, budget=BudgetOptions(rate=0.1)), max_steps=4,
             per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
         )  # fmt: skip
         trainer.add_callback(record)
@@ -183,7 +193,7 @@ def test_gradient_accumulation_gives_the_same_multiplier_and_parameters(tmp_path
 
 
 def test_checkpoint_resume_with_a_budget_is_exact(tmp_path):
-    config = _mi(target=0.01, budget_rate=0.1, warmup_steps=1)
+    config = _mi(target=0.01, budget=BudgetOptions(rate=0.1), warmup_steps=1)
     full = _trainer(tmp_path / "full", config, max_steps=6, save_strategy="steps", save_steps=3)
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-3"
@@ -226,9 +236,9 @@ def test_save_and_load_keep_the_controller_state(tmp_path):
         (dict(penalty="entropy", target=math.nan), "target must be a finite number"),
         (dict(target=0.01, weight=0.0), "weight is the initial multiplier and must be > 0"),
         (dict(target=0.01, anneal_steps=10), "target and anneal_steps=10 do not combine"),
-        (dict(target=0.01, budget_rate=0.0), "budget_rate must be > 0"),
-        (dict(budget_rate=math.inf), "budget_rate must be a finite number"),
-        (dict(target=0.01, budget_smoothing=1.0), "budget_smoothing must be in [0, 1)"),
+        (dict(target=0.01, budget=BudgetOptions(rate=0.0)), "budget.rate must be a finite number > 0"),
+        (dict(budget=BudgetOptions(rate=math.inf)), "budget.rate must be a finite number"),
+        (dict(target=0.01, budget=dict(smoothing=1.0)), "budget.smoothing must be in [0, 1)"),
     ],
 )
 def test_bad_budgets_raise_clear_errors(kwargs, message):
@@ -239,7 +249,7 @@ def test_bad_budgets_raise_clear_errors(kwargs, message):
 
 def test_valid_budgets():
     assert KNIFEConfig(penalty="entropy", target=-3.5).target == -3.5  # differential entropies can be negative
-    assert KNIFEConfig(penalty="entropy", target=0.0, entropy_direction="raise").target == 0.0
+    assert KNIFEConfig(penalty="entropy", target=0.0, entropy=EntropyOptions(direction="raise")).target == 0.0
     assert KNIFEConfig(target=0.005, warmup_steps=10).warmup_steps == 10
 
 
@@ -263,7 +273,7 @@ def test_target_is_a_command_line_flag(tmp_path):
          "--knife_budget_rate", "0.2", "--report_to", "none"]
     )  # fmt: skip
     config = args.to_knife_config()
-    assert config.target == 0.005 and config.budget_rate == 0.2
+    assert config.target == 0.005 and config.budget.rate == 0.2
     assert dataclasses.replace(config, target=None).target is None
     with pytest.raises(ValueError, match="target must be > 0"):
         HfArgumentParser(KNIFETrainingArguments).parse_args_into_dataclasses(
@@ -286,7 +296,7 @@ def test_budget_holds_the_logged_mutual_information_near_its_target(tmp_path):
     target, ends = 0.05, {}
     data = shortcut_dataset(2000, seed=0, agreement=0.9)
     for name, options in [("free", dict(weight=0.0)), ("budget", dict(target=target))]:
-        config = KNIFEConfig(sensitive_column="gender", discrete_fit="posterior", positive_part=False, **options)
+        config = KNIFEConfig(sensitive_column="gender", mutual_information=POSTERIOR, **options)
         trainer = _trainer(tmp_path / name, config, dataset=data, max_steps=200, per_device_train_batch_size=32,
                            logging_steps=10)  # fmt: skip
         trainer.train()

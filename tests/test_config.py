@@ -5,10 +5,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 
 import pytest
+from conftest import LEGACY_FILE
 
-from hf_knife.config import KNIFE_CONFIG_NAME, PENALTY_REGISTRY, REPRESENTATION_REGISTRY, KNIFEConfig
+from hf_knife.config import (
+    KNIFE_CONFIG_NAME,
+    LEGACY_KEYS,
+    OPTION_GROUPS,
+    BottleneckOptions,
+    BudgetOptions,
+    EntropyOptions,
+    KNIFEConfig,
+    MutualInformationOptions,
+)
+from hf_knife.registry import PENALTY_REGISTRY, REPRESENTATION_REGISTRY
 
 
 def test_defaults_and_round_trip(tmp_path):
@@ -39,18 +51,18 @@ def test_registries_list_builtins():
         (dict(covariance="dense"), "unknown covariance 'dense'"),
         (dict(weight=-1.0), "weight must be a finite number >= 0, got -1.0"),
         (dict(weight=math.nan), "weight must be a finite number >= 0, got nan"),
-        (dict(weight="big"), "weight must be a number >= 0"),
+        (dict(weight="big"), "weight must be a finite number >= 0, got 'big'"),
         (dict(num_components=0), "num_components must be a positive integer"),
         (dict(representation="module"), "representation='module' needs module_name"),
         (dict(penalty="information_bottleneck", representation="mean"), "information_bottleneck needs"),
-        (dict(entropy_direction="up"), "unknown entropy_direction 'up'; expected one of 'lower', 'raise'"),
+        (dict(entropy=dict(direction="up")), "unknown entropy.direction 'up'; expected one of 'lower', 'raise'"),
         (dict(bandwidth_bounds=[1.0, 0.1]), "bandwidth_bounds must be [min, max]"),
         (dict(num_sensitive_classes=1), "num_sensitive_classes must be >= 2"),
         (dict(estimator_lr=0.0), "estimator_lr must be a finite number > 0"),
-        (dict(discrete_fit="ce"), "unknown discrete_fit 'ce'; expected one of 'likelihood', 'posterior'"),
+        (dict(mutual_information=dict(fit="ce")), "unknown mutual_information.fit 'ce'; expected one of 'likelihood', 'posterior'"),
         (
-            dict(discrete_fit="posterior", discrete_marginal="kernel"),
-            "discrete_fit='posterior' needs discrete_marginal='mixture'",
+            dict(mutual_information=dict(fit="posterior", marginal="kernel")),
+            "mutual_information.fit='posterior' needs marginal='mixture'",
         ),
     ],
 )
@@ -72,7 +84,8 @@ def test_every_option_is_a_command_line_flag(tmp_path):
     from hf_knife.trainer import KNIFETrainingArguments
 
     names = {f.name for f in dataclasses.fields(KNIFETrainingArguments)}
-    assert {f"knife_{f.name}" for f in dataclasses.fields(KNIFEConfig)} <= names
+    flat = {f.name for f in dataclasses.fields(KNIFEConfig) if f.name not in OPTION_GROUPS} | set(LEGACY_KEYS)
+    assert {f"knife_{name}" for name in flat} <= names
     (args,) = HfArgumentParser(KNIFETrainingArguments).parse_args_into_dataclasses(
         [
             "--output_dir", str(tmp_path), "--knife_penalty", "entropy", "--knife_weight", "0.3",
@@ -81,7 +94,7 @@ def test_every_option_is_a_command_line_flag(tmp_path):
         ]
     )  # fmt: skip
     config = args.to_knife_config()
-    assert config.penalty == "entropy" and config.weight == 0.3 and config.entropy_direction == "raise"
+    assert config.penalty == "entropy" and config.weight == 0.3 and config.entropy.direction == "raise"
     assert config.layer == -2 and config.hidden_dims == [16, 8] and config.init_from_data is False
     (plain,) = HfArgumentParser(KNIFETrainingArguments).parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path)]
@@ -91,3 +104,30 @@ def test_every_option_is_a_command_line_flag(tmp_path):
         HfArgumentParser(KNIFETrainingArguments).parse_args_into_dataclasses(
             ["--output_dir", str(tmp_path), "--knife_penalty", "entropy", "--knife_representation", "first"]
         )[0].to_knife_config()
+
+
+def test_files_of_the_flat_format_still_load(tmp_path):
+    (tmp_path / KNIFE_CONFIG_NAME).write_text(json.dumps(LEGACY_FILE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every legacy key is understood: no "ignoring unknown keys"
+        config = KNIFEConfig.from_pretrained(tmp_path)
+    assert config.mutual_information == MutualInformationOptions(marginal="mixture", fit="posterior", positive_part=False)
+    assert config.entropy == EntropyOptions(direction="raise")
+    assert config.information_bottleneck == BottleneckOptions(estimator="vib", init_sigma=0.2)
+    assert config.budget == BudgetOptions(rate=0.3, smoothing=0.5)
+    assert (config.target, config.sensitive_column, config.num_sensitive_classes) == (0.2, "gender", 2)
+    # and the new format round-trips through a file, nested options included
+    config.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / KNIFE_CONFIG_NAME).read_text())
+    assert saved["mutual_information"] == {"marginal": "mixture", "fit": "posterior", "positive_part": False}
+    assert not set(LEGACY_KEYS) & set(saved)  # one format written
+    assert KNIFEConfig.from_pretrained(tmp_path / "new") == config
+
+
+def test_nested_options_are_rebuilt_from_dicts_and_checked():
+    config = KNIFEConfig(penalty="entropy", entropy={"direction": "raise"})
+    assert config.entropy == EntropyOptions(direction="raise")
+    with pytest.raises(TypeError, match="entropy must be a EntropyOptions or a dict"):
+        KNIFEConfig(entropy="raise")
+    with pytest.warns(UserWarning, match=r"ignoring unknown keys \['entropy.speed'\]"):
+        KNIFEConfig.from_dict({"penalty": "entropy", "entropy": {"direction": "lower", "speed": 2}})

@@ -79,8 +79,8 @@ def test_penalty_stays_finite_when_a_dead_coordinate_wakes_up(penalty, movement)
         moved = z.clone()
         moved[:, dead] += movement * torch.randn(256, len(dead)) * min(1.0, (step + 1) / 5)
         moved.requires_grad_(True)
-        features = module.transform(moved) if penalty == "information_bottleneck" else moved
-        out = module(features, s)
+        features, extra = module.transform(moved) if penalty == "information_bottleneck" else (moved, {})
+        out = module(features, s, **extra)
         out.loss.backward()
         assert torch.isfinite(out.loss)
         assert torch.isfinite(moved.grad).all()
@@ -94,7 +94,7 @@ def test_penalty_stays_finite_when_a_dead_coordinate_wakes_up(penalty, movement)
             # bounded: a wake-up costs at most a few nats per coordinate, never 1e11 as with absolute floors
             assert float(nll) < baseline + 50.0 * len(dead), (step, float(nll), baseline)
         module.zero_grad()
-        module.end_of_step()
+        module.end_step()
 
 
 def test_estimate_entropy_refuses_constant_and_duplicated_coordinates_by_name():

@@ -78,8 +78,8 @@ def _assert_same_as_full(root: Path, folder: Path) -> None:
     state, resumed = _result(folder, "resume")
     assert set(state) == set(full_state)
     assert any(k.startswith("knife.estimator.") for k in state)  # the estimator ...
-    assert any(k.startswith("knife.inner_state.exp_avg") for k in state)  # ... its inner Adam state
-    assert "knife.feature_mean" in state and "knife.initialized" in state  # ... and running statistics
+    assert any(k.startswith("knife.fitter.exp_avg") for k in state)  # ... its inner Adam state
+    assert "knife.standardizer.mean" in state and "knife.initialized" in state  # ... and running statistics
     different = [name for name, value in full_state.items() if not torch.equal(value, state[name])]
     assert not different, f"resumed parameters differ from the uninterrupted run: {different}"
     full_logs, resumed_logs = _train_logs(full), _train_logs(resumed)

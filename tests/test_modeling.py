@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 import torch
-from conftest import SEQ_LEN, synthetic_dataset, tiny_config, tiny_model
+from conftest import LEGACY_FILE, SEQ_LEN, synthetic_dataset, tiny_config, tiny_model
 from transformers import AutoModelForSequenceClassification
 
-from hf_knife.config import KNIFE_CONFIG_NAME, KNIFEConfig
+from hf_knife.config import KNIFE_CONFIG_NAME, BottleneckOptions, KNIFEConfig
 from hf_knife.modeling import AutoKNIFEModelForSequenceClassification, add_knife, get_knife_module
 
 ARCHS = ["bert", "roberta", "distilbert"]
@@ -61,7 +62,7 @@ def test_estimator_is_initialised_when_missing_from_checkpoint(tmp_path):
     assert torch.equal(
         knife.estimator.conditional.log_diag, torch.zeros_like(knife.estimator.conditional.log_diag)
     )
-    assert torch.equal(knife.feature_var, torch.ones_like(knife.feature_var))
+    assert torch.equal(knife.standardizer.var, torch.ones_like(knife.standardizer.var))
     assert torch.equal(
         knife.estimator.conditional.mixture_logits,
         torch.zeros_like(knife.estimator.conditional.mixture_logits),
@@ -113,7 +114,7 @@ def test_bad_representation_errors():
 
 def test_information_bottleneck_head_feeds_the_classifier():
     config = KNIFEConfig(
-        penalty="information_bottleneck", representation="pooler", num_components=4, ib_init_sigma=1.0
+        penalty="information_bottleneck", representation="pooler", num_components=4, information_bottleneck=BottleneckOptions(init_sigma=1.0)
     )
     model = add_knife(tiny_model("bert"), config)
     batch, _ = _batch()
@@ -176,3 +177,31 @@ def test_add_knife_refuses_wrapped_or_repeated(tmp_path):
         AutoKNIFEModelForSequenceClassification.from_config(config, knife_config=_mi_config()).knife
         is not None
     )
+
+
+def test_checkpoints_of_hf_knife_0_1_still_load(tmp_path):
+    """hf_knife 0.1 kept the KNIFE config inside config.json and named the running statistics and the inner Adam
+    state ``knife.feature_*`` / ``knife.inner_state.*``: such a folder loads with every tensor in place."""
+    from safetensors.torch import load_file, save_file
+
+    model = add_knife(tiny_model("bert"), _mi_config())
+    batch, s = _batch()
+    model.train()
+    for step in range(2):  # move the statistics and the Adam state away from their initial values
+        model.knife.begin_step(step)
+        model(**batch, sensitive=s).loss.backward()
+        model.knife.end_step()
+    model.save_pretrained(tmp_path)
+    (tmp_path / KNIFE_CONFIG_NAME).unlink()  # 0.1 wrote it too, but its config.json entry was what loaded
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "knife": {**LEGACY_FILE, "num_components": 4}}))
+    renames = {"knife.standardizer.mean": "knife.feature_mean", "knife.standardizer.var": "knife.feature_var"}
+    weights = load_file(tmp_path / "model.safetensors")
+    old = {renames.get(k, k.replace("knife.fitter.", "knife.inner_state.")): v for k, v in weights.items()}
+    assert "knife.feature_mean" in old and any(k.startswith("knife.inner_state.exp_avg") for k in old)
+    save_file(old, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    loaded = AutoKNIFEModelForSequenceClassification.from_pretrained(tmp_path)
+    assert loaded.knife_config.mutual_information.fit == "posterior" and loaded.knife_config.target == 0.2
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hf_knife.config import KNIFEConfig
+from hf_knife.config import BottleneckOptions, EntropyOptions, KNIFEConfig, MutualInformationOptions
 from hf_knife.ops import scale_gradient
 from hf_knife.penalties import build_penalty
 
@@ -32,8 +32,7 @@ def test_mi_gradient_routing_matches_separate_backward_passes(standardize, posit
         num_components=4,
         weight=0.7,
         standardize=standardize,
-        positive_part=positive_part,
-        discrete_fit=fit,
+        mutual_information=MutualInformationOptions(fit=fit, positive_part=positive_part),
     )
     penalty = build_penalty(config, hidden_size=6)
     penalty.init_from_samples(z0, s)
@@ -50,7 +49,7 @@ def test_mi_gradient_routing_matches_separate_backward_passes(standardize, posit
 
     # oracle 1: estimator parameters get the gradient of the fitting loss on detached features: h(Z) + h(Z|S)
     # (likelihood) or the cross-entropy of the class posterior (posterior)
-    zs = penalty.standardize(z0)
+    zs = penalty.standardizer(z0)
     if fit == "likelihood":
         marginal_nll, conditional_nll = penalty.estimator.pointwise(zs, s)
         (marginal_nll.mean() + conditional_nll.mean()).backward()
@@ -63,7 +62,7 @@ def test_mi_gradient_routing_matches_separate_backward_passes(standardize, posit
         p.grad = None
     # oracle 2: features get lam * grad I_hat (or of the mean positive part of the pointwise MI), estimator frozen
     z2 = z0.clone().requires_grad_(True)
-    marginal_nll, conditional_nll = penalty.estimator.pointwise(penalty.standardize(z2), s)  # [B] each
+    marginal_nll, conditional_nll = penalty.estimator.pointwise(penalty.standardizer(z2), s)  # [B] each
     pointwise = marginal_nll - conditional_nll
     objective = pointwise.clamp_min(0).mean() if positive_part else pointwise.mean()
     (grad,) = torch.autograd.grad(lam * objective, z2)
@@ -79,7 +78,7 @@ def test_entropy_sign_and_value():
     z, _ = _features()
     for direction, sign in [("lower", 1.0), ("raise", -1.0)]:
         penalty = build_penalty(
-            KNIFEConfig(penalty="entropy", entropy_direction=direction, num_components=4), 6
+            KNIFEConfig(penalty="entropy", entropy=EntropyOptions(direction=direction), num_components=4), 6
         )
         penalty.init_from_samples(z)
         penalty.eval()
@@ -87,7 +86,7 @@ def test_entropy_sign_and_value():
         out = penalty(zz)
         out.loss.backward()
         z3 = z.clone().requires_grad_(True)
-        (oracle,) = torch.autograd.grad(sign * penalty.estimator(penalty.standardize(z3)), z3)
+        (oracle,) = torch.autograd.grad(sign * penalty.estimator(penalty.standardizer(z3)), z3)
         torch.testing.assert_close(zz.grad, oracle, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(out.loss.detach(), sign * out.metrics["marginal_entropy"])
 
@@ -95,22 +94,22 @@ def test_entropy_sign_and_value():
 def test_information_bottleneck_closed_form_and_vib():
     torch.manual_seed(0)
     d = 5
-    config = KNIFEConfig(penalty="information_bottleneck", num_components=4, ib_init_sigma=0.5)
+    config = KNIFEConfig(penalty="information_bottleneck", num_components=4, information_bottleneck=BottleneckOptions(init_sigma=0.5))
     penalty = build_penalty(config, d)
     h = torch.randn(64, d)
     penalty.init_from_samples(h)
-    z = penalty.transform(h)
-    out = penalty(z)
+    z, extra = penalty.transform(h)
+    out = penalty(z, **extra)
     expected = d * math.log(0.5) + 0.5 * d * math.log(2 * math.pi * math.e)
     torch.testing.assert_close(
         out.metrics["conditional_entropy"], torch.tensor(expected), rtol=1e-5, atol=1e-5
     )
     torch.testing.assert_close(out.metrics["mutual_information"], out.metrics["marginal_entropy"] - expected)
     vib = build_penalty(
-        KNIFEConfig(penalty="information_bottleneck", ib_estimator="vib", ib_init_sigma=0.5), d
+        KNIFEConfig(penalty="information_bottleneck", information_bottleneck=BottleneckOptions(estimator="vib", init_sigma=0.5)), d
     )
-    vib.transform(h)
-    kl = vib(h).loss
+    _, extra = vib.transform(h)
+    kl = vib(h, **extra).loss
     oracle = (
         torch.distributions.kl_divergence(
             torch.distributions.Normal(h, 0.5), torch.distributions.Normal(torch.zeros_like(h), 1.0)
@@ -126,7 +125,7 @@ def test_warmup_and_annealing_schedule():
     weights = [penalty.current_weight(step) for step in range(9)]
     assert weights == [0.0, 0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
     # during warm-up the features get no gradient but the estimator still fits
-    penalty.global_step = 0
+    penalty.begin_step(0)
     z = torch.randn(16, 4, requires_grad=True)
     penalty(z).loss.backward()
     assert torch.count_nonzero(z.grad) == 0
@@ -175,7 +174,7 @@ def test_bad_inputs():
         penalty(z, None)
     bad = z.clone()
     bad[3, 1] = float("nan")
-    penalty.global_step = 7
+    penalty.begin_step(7)
     with pytest.raises(FloatingPointError, match=r"representation Z \(Z\) at step 7: 1 NaN and 0 Inf"):
         penalty(bad, torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match=r"must have shape \[B, 4\]"):

@@ -10,9 +10,8 @@ import torch
 from conftest import synthetic_dataset, tiny_model, train_losses, training_args
 from transformers import Trainer, TrainerCallback, default_data_collator
 
-from hf_knife.config import KNIFE_CONFIG_NAME, KNIFEConfig
+from hf_knife.config import KNIFE_CONFIG_NAME, KNIFEConfig, MutualInformationOptions
 from hf_knife.modeling import add_knife, get_knife_module
-from hf_knife.pooling import FeatureCapture, resolve_source
 from hf_knife.trainer import KNIFETrainer
 
 
@@ -48,14 +47,17 @@ def test_drop_in_equals_trainer(tmp_path):
 
 @pytest.mark.parametrize("positive_part", [False, True])
 def test_gradient_routing_inside_the_model(positive_part):
-    config = KNIFEConfig(num_sensitive_classes=2, num_components=4, weight=0.5, positive_part=positive_part)
+    config = KNIFEConfig(
+        num_sensitive_classes=2, num_components=4, weight=0.5,
+        mutual_information=MutualInformationOptions(positive_part=positive_part),
+    )
     model = add_knife(tiny_model("bert"), config)
     data = synthetic_dataset(16)
     batch = {k: torch.tensor(data[k]) for k in ("input_ids", "attention_mask", "labels")}
     s = torch.tensor(data["gender"])
     knife = model.knife
     knife.init_from_samples(model.knife_features(**batch), s)
-    knife.global_step = 0  # one optimizer step: the running statistics stay fixed across the passes below
+    knife.begin_step(0)  # one optimizer step: the running statistics stay fixed across the passes below
     model.train()
     estimator = dict(knife.estimator.named_parameters())
     backbone = {n: p for n, p in model.named_parameters() if not n.startswith("knife.")}
@@ -65,10 +67,9 @@ def test_gradient_routing_inside_the_model(positive_part):
     model.zero_grad()
 
     def oracle_terms():
-        module, _ = resolve_source(model, knife.config)
-        with FeatureCapture(module, "cls") as capture:
+        with model.knife_representation.capture(model) as capture:
             out = model._knife_parent_forward(**batch)
-        return out.loss, knife.standardize(knife.prepare(capture.features))
+        return out.loss, knife.standardizer(knife.prepare(capture.features))
 
     task, z = oracle_terms()
     fit = knife.estimator(z.detach(), s).loss  # estimator: maximum-likelihood fitting only

@@ -13,7 +13,18 @@ from .degenerate import relative_floor
 from .functional import COVARIANCE_TYPES
 from .validation import check_choice, check_full_covariance_fits
 
-__all__ = ["KernelBase", "scott_bandwidth"]
+__all__ = ["KernelBase", "init_functions", "scott_bandwidth"]
+
+
+def init_functions():
+    """The in-place initialisers (``normal_``, ``constant_``, ``zeros_``, ``uniform_``, ``kaiming_uniform_``, ...):
+    ``transformers.initialization``, whose functions keep tensors already loaded from a checkpoint, or
+    ``torch.nn.init`` where transformers is not installed (imported lazily: ``import hf_knife`` does not load it)."""
+    try:
+        from transformers import initialization
+    except ImportError:
+        return nn.init
+    return initialization
 
 
 def scott_bandwidth(x: Tensor, num_components: int) -> Tensor:
@@ -94,6 +105,20 @@ class KernelBase(
             if covariance == "low_rank"
             else None
         )
+
+    @torch.no_grad()
+    def reset_parameters(self, init_std: float = 1.0, init_bandwidth: float = 1.0) -> None:
+        """The constructor's initialisation, in place: ``loc ~ N(0, init_std^2)``, bandwidths ``init_bandwidth``,
+        uniform weights, ``tril = 0``, ``factor ~ N(0, 0.01^2 / dim)``. Tensors loaded from a checkpoint are kept
+        (:func:`init_functions`)."""
+        init = init_functions()
+        init.normal_(self.loc, 0.0, init_std)
+        init.constant_(self.log_diag, -math.log(init_bandwidth))
+        init.zeros_(self.mixture_logits)
+        if self.tril is not None:
+            init.zeros_(self.tril)
+        if self.factor is not None:
+            init.normal_(self.factor, 0.0, 0.01 / math.sqrt(self.dim))
 
     def _bounded_log_diag(self, log_diag: Tensor) -> Tensor:
         """Clamp ``log_diag`` to the bandwidth bounds (bandwidth = exp(-log_diag)), if any, and always below the

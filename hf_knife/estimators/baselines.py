@@ -74,11 +74,20 @@ class SchraudolphKernel(MarginalKernel):
         super().__init__(dim, num_components, covariance, learn_means=False, learn_weights=False, **kwargs)
 
 
-def gaussian_entropy(covariance: Tensor | np.ndarray) -> float:
-    """Closed-form entropy of N(m, S): ``1/2 log((2 pi e)^d det S)`` in nats."""
-    covariance = torch.as_tensor(covariance, dtype=torch.float64)
-    d = covariance.shape[-1]
-    return float(0.5 * (d * math.log(2 * math.pi * math.e) + torch.linalg.slogdet(covariance)[1]))
+_LOG_2PI_E = math.log(2.0 * math.pi * math.e)
+
+
+def gaussian_entropy(covariance: Tensor | np.ndarray | float, dim: int | None = None) -> float:
+    """Closed-form entropy of N(m, S) in nats: ``1/2 (d log(2 pi e) + log det S)``.
+
+    ``covariance``: ``S [d, d]`` (torch or numpy), or a scalar variance ``v`` with ``dim`` given (``S = v I_dim``).
+    """
+    if np.ndim(covariance) == 0:
+        if dim is None:
+            raise ValueError("pass dim with a scalar variance")
+        return 0.5 * dim * (_LOG_2PI_E + math.log(float(covariance)))
+    covariance = torch.as_tensor(covariance, dtype=torch.float64)  # [d, d]
+    return float(0.5 * (covariance.shape[-1] * _LOG_2PI_E + torch.linalg.slogdet(covariance)[1]))
 
 
 def doe_mutual_information(x: Tensor, y: Tensor) -> float:

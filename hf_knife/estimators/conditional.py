@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .base import KernelBase
+from .base import KernelBase, init_functions
 from .degenerate import relative_floor
 from .functional import COVARIANCE_TYPES, mixture_log_prob
 from .validation import check_choice
@@ -73,6 +74,20 @@ class ConditionalKernel(KernelBase):
         # then moves its output by lr * |y|, which blows the density up when y has a large offset or scale.
         self.register_buffer("y_mean", torch.zeros(cond_dim))
         self.register_buffer("y_scale", torch.ones(cond_dim))
+
+    @torch.no_grad()
+    def reset_parameters(self, init_std: float = 1.0, init_bandwidth: float = 1.0) -> None:
+        """The constructor's initialisation, in place: the mixture as in :meth:`KernelBase.reset_parameters`, the
+        trunk as ``nn.Linear`` does it (Kaiming-uniform weights, uniform biases), the head and skip at zero."""
+        super().reset_parameters(init_std, init_bandwidth)
+        init = init_functions()
+        for module in self.trunk.modules():
+            if isinstance(module, nn.Linear):
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                bound = 1.0 / math.sqrt(module.in_features)
+                init.uniform_(module.bias, -bound, bound)
+        for tensor in (self.head.weight, self.head.bias, self.skip.weight):
+            init.zeros_(tensor)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args) -> None:
         # checkpoints written before y_mean / y_scale existed had the standardisation folded into the weights

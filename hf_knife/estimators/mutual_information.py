@@ -4,22 +4,30 @@ calibrated readout for a discrete Y."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+from .base import KernelBase, init_functions
 from .conditional import ConditionalKernel
 from .discrete import DiscreteConditionalKernel
 from .marginal import MarginalKernel
+from .validation import check_choice
 
 __all__ = [
     "FIT_OBJECTIVES",
+    "MI_MARGINALS",
+    "MI_READOUTS",
     "CalibratedMixtureMIEstimator",
     "KNIFEEstimator",
     "KNIFEOutput",
+    "MIEstimator",
     "MixtureMIEstimator",
+    "build_mi_estimator",
     "calibrated_log_posterior",
     "fit_temperature",
     "pooled_whitening",
@@ -31,6 +39,12 @@ __all__ = [
 #   posterior:  h(X|S) - h(X) = -I_hat = CE(S | X) - H(S), the cross-entropy of the class posterior q(s|x): the
 #               tightest Barber-Agakov bound I >= H(S) - CE, the objective of a classifier (an adversary)
 FIT_OBJECTIVES: dict[str, tuple[float, float]] = {"likelihood": (1.0, 1.0), "posterior": (-1.0, 1.0)}
+#: How h(X) is estimated for a discrete Y: ``mixture`` (the class kernels weighted by the prior,
+#: :class:`MixtureMIEstimator`) or ``kernel`` (a separate :class:`~hf_knife.MarginalKernel`, :class:`KNIFEEstimator`).
+MI_MARGINALS = ("mixture", "kernel")
+#: How a mixture estimator is read out: ``likelihood`` (the raw difference of entropies) or ``calibrated``
+#: (:class:`CalibratedMixtureMIEstimator`: a tempered class posterior).
+MI_READOUTS = ("likelihood", "calibrated")
 
 
 @dataclass
@@ -50,8 +64,53 @@ class KNIFEOutput:
     loss: Tensor
 
 
+class MIEstimator(nn.Module):
+    """The interface of the KNIFE estimators of I(X; Y) = h(X) - h(X | Y), for ``x [B, dim]`` and ``y``.
+
+    Subclasses give ``marginal_log_prob(x) -> [B]`` (``log q(x)``) and ``conditional_log_prob(x, y) -> [B]``
+    (``log q(x | y)``); ``fit_coefficients = (a, b)`` make the fitting loss ``a h_hat(X) + b h_hat(X | Y)``
+    (:data:`FIT_OBJECTIVES`), so a caller that routes gradients (the penalty) needs no other knowledge of the
+    estimator. :meth:`reset_parameters` re-initialises every kernel as its constructor does.
+    """
+
+    fit_coefficients: tuple[float, float] = FIT_OBJECTIVES["likelihood"]
+    conditional: KernelBase
+
+    @property
+    def num_components(self) -> int:
+        """Mixture size ``K`` of the kernels."""
+        return self.conditional.num_components
+
+    def marginal_log_prob(self, x: Tensor) -> Tensor:
+        """``log q(x)``: ``[B, dim] -> [B]``."""
+        raise NotImplementedError
+
+    def conditional_log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        """``log q(x | y)``: ``x [B, dim]``, ``y [B, ...]`` -> ``[B]``."""
+        raise NotImplementedError
+
+    def pointwise(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample ``(-log q(x), -log q(x | y))``, each ``[B]``."""
+        return -self.marginal_log_prob(x), -self.conditional_log_prob(x, y)
+
+    def forward(self, x: Tensor, y: Tensor) -> KNIFEOutput:
+        """Estimate on a batch; ``loss`` is the fitting loss ``a h_hat(X) + b h_hat(X | Y)``."""
+        marginal_nll, conditional_nll = self.pointwise(x, y)  # [B], [B]
+        h, h_conditional = marginal_nll.mean(), conditional_nll.mean()
+        a, b = self.fit_coefficients
+        return KNIFEOutput(h - h_conditional, h, h_conditional, a * h + b * h_conditional)
+
+    @torch.no_grad()
+    def reset_parameters(self, init_std: float = 1.0, init_bandwidth: float = 1.0) -> None:
+        """The constructor's initialisation of every kernel, in registration order (see
+        :meth:`~hf_knife.estimators.base.KernelBase.reset_parameters`)."""
+        for module in self.children():
+            if isinstance(module, KernelBase):
+                module.reset_parameters(init_std, init_bandwidth)
+
+
 class KNIFEEstimator(
-    nn.Module, PyTorchModelHubMixin, library_name="hf_knife", tags=["knife", "mutual-information"]
+    MIEstimator, PyTorchModelHubMixin, library_name="hf_knife", tags=["knife", "mutual-information"]
 ):
     """Mutual information between ``x [B, dim]`` and a continuous ``y [B, cond_dim]`` or discrete ``y [B]``.
 
@@ -60,8 +119,6 @@ class KNIFEEstimator(
     applies to the continuous conditional only. The fitting loss is the likelihood fit of both kernels
     (:data:`FIT_OBJECTIVES`).
     """
-
-    fit_coefficients: tuple[float, float] = FIT_OBJECTIVES["likelihood"]
 
     def __init__(
         self,
@@ -98,21 +155,13 @@ class KNIFEEstimator(
     def is_discrete(self) -> bool:
         return self.num_classes is not None
 
-    def pointwise(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-sample ``(-log q(x), -log q(x|y))``, each ``[B]``."""
-        return -self.marginal.log_prob(x), -self.conditional.log_prob(x, y)
+    def marginal_log_prob(self, x: Tensor) -> Tensor:
+        """``log q(x)`` of the marginal kernel: ``[B, dim] -> [B]``."""
+        return self.marginal.log_prob(x)
 
-    def forward(self, x: Tensor, y: Tensor) -> KNIFEOutput:
-        """Estimate on a batch; ``loss`` fits both kernels by maximum likelihood."""
-        marginal_nll, conditional_nll = self.pointwise(x, y)
-        marginal_entropy, conditional_entropy = marginal_nll.mean(), conditional_nll.mean()
-        a, b = self.fit_coefficients
-        return KNIFEOutput(
-            mutual_information=marginal_entropy - conditional_entropy,
-            marginal_entropy=marginal_entropy,
-            conditional_entropy=conditional_entropy,
-            loss=a * marginal_entropy + b * conditional_entropy,
-        )
+    def conditional_log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        """``log q(x | y)``: ``x [B, dim]``, ``y [B, cond_dim]`` or labels ``[B]`` -> ``[B]``."""
+        return self.conditional.log_prob(x, y)
 
     @torch.no_grad()
     def init_from_samples(self, x: Tensor, y: Tensor) -> KNIFEEstimator:
@@ -122,13 +171,13 @@ class KNIFEEstimator(
         return self
 
 
-class MixtureMIEstimator(nn.Module):
+class MixtureMIEstimator(MIEstimator):
     """I(X; S) for a discrete S with one KNIFE mixture per class and the marginal ``q(x) = sum_s p(s) q(x | s)``.
 
     ``p(s)`` is a buffer (smoothed class frequencies of the initialisation samples). The estimate
     ``mean_n [log q(x_n | s_n) - log q(x_n)] = mean_n log q(s_n | x_n) / p(s_n)`` is at most ``H(S)``, and both
     entropies share the same kernels, so its variance is far lower than that of two separate entropy estimates.
-    Same interface as :class:`KNIFEEstimator` (``conditional``, ``pointwise``, ``forward``, ``init_from_samples``);
+    Same interface as :class:`KNIFEEstimator` (:class:`MIEstimator`, ``conditional``, ``init_from_samples``);
     the fitting loss is ``h_hat(X) + h_hat(X | S)`` (``fit="likelihood"``) or the cross-entropy of the class
     posterior, ``h_hat(X | S) - h_hat(X)`` (``fit="posterior"``); see :data:`FIT_OBJECTIVES`.
     """
@@ -150,18 +199,22 @@ class MixtureMIEstimator(nn.Module):
         """``log q(x) = logsumexp_s(log p(s) + log q(x | s))``: ``[B]``."""
         return torch.logsumexp(self.all_log_probs(x) + self.log_prior.to(x.dtype), dim=1)
 
+    def conditional_log_prob(self, x: Tensor, labels: Tensor) -> Tensor:
+        """``log q(x | s)`` of each sample's own class: ``x [B, d]``, ``labels [B]`` -> ``[B]``."""
+        return self.conditional.log_prob(x, labels)
+
     def pointwise(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-sample ``(-log q(x), -log q(x | s))``, each ``[B]``."""
+        """Per-sample ``(-log q(x), -log q(x | s))``, each ``[B]`` (one evaluation of the class kernels)."""
         all_log_probs = self.all_log_probs(x)  # [B, C]
         marginal = torch.logsumexp(all_log_probs + self.log_prior.to(all_log_probs.dtype), dim=1)  # [B]
         conditional = all_log_probs.gather(1, labels.long().unsqueeze(1)).squeeze(1)  # [B]
         return -marginal, -conditional
 
-    def forward(self, x: Tensor, labels: Tensor) -> KNIFEOutput:
-        marginal_nll, conditional_nll = self.pointwise(x, labels)
-        h, h_conditional = marginal_nll.mean(), conditional_nll.mean()
-        a, b = self.fit_coefficients
-        return KNIFEOutput(h - h_conditional, h, h_conditional, a * h + b * h_conditional)
+    @torch.no_grad()
+    def reset_parameters(self, init_std: float = 1.0, init_bandwidth: float = 1.0) -> None:
+        """Uniform prior ``log p(s) = -log C`` and the class kernels as their constructor sets them."""
+        init_functions().constant_(self.log_prior, -math.log(self.num_classes))
+        super().reset_parameters(init_std, init_bandwidth)
 
     @torch.no_grad()
     def init_from_samples(self, x: Tensor, labels: Tensor) -> MixtureMIEstimator:
@@ -377,6 +430,10 @@ class CalibratedMixtureMIEstimator(MixtureMIEstimator):
         """``log q(x | s)`` for every class, as densities of ``x``: ``[B, d] -> [B, C]``."""
         return super().all_log_probs(self.transform(x)) + self.log_abs_det.to(x.dtype)  # [B, C]
 
+    def conditional_log_prob(self, x: Tensor, labels: Tensor) -> Tensor:
+        """``log q(x | s)`` of each sample's own class, as a density of ``x``: ``[B, d]``, ``[B]`` -> ``[B]``."""
+        return super().conditional_log_prob(self.transform(x), labels) + self.log_abs_det.to(x.dtype)  # [B]
+
     def log_posterior(self, x: Tensor) -> Tensor:
         """Calibrated ``log q_T(s | x)``: ``[B, d] -> [B, C]``."""
         log_likelihoods = self.all_log_probs(x)  # [B, C]
@@ -415,3 +472,42 @@ class CalibratedMixtureMIEstimator(MixtureMIEstimator):
         """As :meth:`MixtureMIEstimator.fit_gaussians`, on the transformed samples; returns self."""
         super().fit_gaussians(self.transform(x), labels, tied=tied)
         return self
+
+
+# ----------------------------------------------------------------------------------------------- builder
+def build_mi_estimator(
+    dim: int,
+    *,
+    num_classes: int | None = None,
+    cond_dim: int | None = None,
+    marginal: str = "mixture",
+    fit: str = "likelihood",
+    readout: str = "likelihood",
+    hidden_dims: Sequence[int] = (128, 128),
+    **kernel_options: Any,
+) -> MIEstimator:
+    """The KNIFE estimator of I(X; Y) for ``x [B, dim]`` and a discrete (``num_classes``) or continuous
+    (``cond_dim``) ``y``; pass exactly one of them.
+
+    Discrete Y: ``marginal="mixture"`` gives a :class:`MixtureMIEstimator` fitted by ``fit`` (or, with
+    ``readout="calibrated"``, a :class:`CalibratedMixtureMIEstimator`), ``marginal="kernel"`` a
+    :class:`KNIFEEstimator` with a separate marginal kernel (likelihood fit only). Continuous Y: always a
+    :class:`KNIFEEstimator` with a :class:`ConditionalKernel` of MLP widths ``hidden_dims``, fitted by likelihood
+    (``marginal``, ``fit`` and ``readout`` apply to a discrete Y only). ``kernel_options`` (``num_components``,
+    ``covariance``, ``rank``, ``bandwidth_bounds``, ``init_bandwidth``, ``chunk_size``) go to every kernel.
+    """
+    check_choice(marginal, "marginal", MI_MARGINALS)
+    check_choice(fit, "fit", tuple(FIT_OBJECTIVES))
+    check_choice(readout, "readout", MI_READOUTS)
+    if num_classes is not None and cond_dim is None:
+        if marginal == "mixture":
+            estimator_class = CalibratedMixtureMIEstimator if readout == "calibrated" else MixtureMIEstimator
+            return estimator_class(dim, num_classes, fit=fit, **kernel_options)
+        if fit != "likelihood" or readout != "likelihood":
+            raise ValueError(
+                f"fit={fit!r} and readout={readout!r} need marginal='mixture' (a separate marginal kernel is fitted "
+                "by likelihood and read as is)"
+            )
+    return KNIFEEstimator(
+        dim, cond_dim=cond_dim, num_classes=num_classes, hidden_dims=tuple(hidden_dims), **kernel_options
+    )

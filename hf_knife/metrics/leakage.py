@@ -1,6 +1,6 @@
 """Leakage audit: how well fresh attackers read the sensitive attribute from frozen representations.
 
-The protocol the field trusts (DESIGN.md §6): extract representations of the train and test splits from the frozen
+The protocol the field trusts (docs/design.md §4): extract representations of the train and test splits from the frozen
 encoder, train fresh attackers on the train split to predict the sensitive attribute, and report their held-out
 accuracy next to the majority-class rate of the test split. ``leakage = accuracy - majority_rate``; the headline is
 the strongest attacker's (highest held-out accuracy).

@@ -1,0 +1,115 @@
+"""The mutual-information penalty: minimise ``I(Z; S) = h(Z) - h(Z | S)`` for a discrete or continuous S."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ..estimators import build_mi_estimator
+from ..estimators.validation import check_labels
+from ..registry import PENALTY_REGISTRY
+from .base import KNIFEPenalty, PenaltyOutput, scale_rows, value_with_grad
+
+if TYPE_CHECKING:
+    from ..config import KNIFEConfig
+
+__all__ = ["MutualInformationPenalty", "check_sensitive_labels"]
+
+
+def check_sensitive_labels(penalty: KNIFEPenalty, sensitive: Tensor | None, batch: int) -> Tensor:
+    """The sensitive variable of a batch of ``batch`` rows: ``[B]`` class ids (discrete S) or ``[B, c]`` floats."""
+    config = penalty.config
+    column = config.sensitive_column or "sensitive"
+    if sensitive is None:
+        raise ValueError(
+            f"the {penalty.name} penalty needs the sensitive variable: pass sensitive=... to the model "
+            f"(KNIFETrainer reads the dataset column {column!r})"
+        )
+    if not isinstance(sensitive, Tensor):
+        sensitive = torch.as_tensor(sensitive)
+    if config.sensitive_type == "discrete":
+        return check_labels(sensitive, f"sensitive column {column!r}", config.num_sensitive_classes, length=batch)
+    y = sensitive.reshape(batch, -1).float()  # [B, c]
+    if y.shape[1] != config.sensitive_dim:
+        raise ValueError(
+            f"sensitive column {column!r} has {y.shape[1]} values per example, expected "
+            f"sensitive_dim={config.sensitive_dim}"
+        )
+    if not bool(torch.isfinite(y).all()):
+        raise FloatingPointError(f"sensitive column {column!r} holds NaN or Inf at step {penalty.step}")
+    return y
+
+
+@PENALTY_REGISTRY.register("mutual_information")
+class MutualInformationPenalty(KNIFEPenalty):
+    """Minimise ``I(Z; S) = h(Z) - h(Z | S)``; options in ``config.mutual_information`` (marginal, fit,
+    positive_part)."""
+
+    name = "mutual_information"
+    needs_sensitive = True
+    supports_target = True
+    budget_metric = "mutual_information"
+    metric_names = ("mutual_information", "marginal_entropy", "conditional_entropy", "estimator_nll")
+
+    @classmethod
+    def check_config(cls, config: KNIFEConfig) -> None:
+        options = config.mutual_information
+        if options.fit != "likelihood" and options.marginal != "mixture":
+            raise ValueError(
+                f"mutual_information.fit={options.fit!r} needs marginal='mixture' (the posterior of a separate "
+                f"marginal kernel is not normalised), got marginal={options.marginal!r}"
+            )
+
+    def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
+        super().__init__(config, hidden_size, source)
+        options = config.mutual_information
+        if config.sensitive_type == "discrete":
+            if config.num_sensitive_classes is None:
+                raise ValueError(
+                    "mutual_information with a discrete S needs num_sensitive_classes (KNIFETrainer infers it from "
+                    "the sensitive column of the training data)"
+                )
+            condition = dict(num_classes=config.num_sensitive_classes)
+        else:
+            condition = dict(cond_dim=config.sensitive_dim, hidden_dims=tuple(config.hidden_dims))
+        self.estimator = build_mi_estimator(
+            self.dim, marginal=options.marginal, fit=options.fit, **condition, **self.kernel_options()
+        )
+        self._finish_init()
+
+    def check_sensitive(self, sensitive: Tensor | None, batch: int) -> Tensor:
+        return check_sensitive_labels(self, sensitive, batch)
+
+    def init_estimator(self, z: Tensor, sensitive: Tensor | None) -> None:
+        self.estimator.init_from_samples(z, sensitive)
+
+    def fitting_loss(self, z: Tensor, sensitive: Tensor | None) -> Tensor:
+        return self.estimator(z, sensitive).loss
+
+    def compute(self, z: Tensor, sensitive: Tensor | None, weight: float) -> PenaltyOutput:
+        estimator = self.estimator
+        positive_part = self.config.mutual_information.positive_part
+        scale = torch.full(z.shape[:1], weight, device=z.device)  # [B]
+        if positive_part:
+            with torch.no_grad():  # which samples have a positive pointwise MI (invariant to standardisation)
+                pointwise = estimator.conditional_log_prob(z, sensitive) - estimator.marginal_log_prob(z)  # [B]
+            scale = scale * (pointwise > 0)
+        # the estimator gets the gradient of its fitting loss a h(Z) + b h(Z|S); the rows of z are scaled so that
+        # z gets w * grad (h(Z) - h(Z|S)) whatever (a, b) are
+        a, b = estimator.fit_coefficients
+        marginal_nll = -estimator.marginal_log_prob(scale_rows(z, scale / a))  # [B]: z gets +w * grad h
+        conditional_nll = -estimator.conditional_log_prob(scale_rows(z, -scale / b), sensitive)  # [B]
+        h_marginal, h_conditional = marginal_nll.mean(), conditional_nll.mean()
+        mutual_information = h_marginal - h_conditional
+        fit = a * h_marginal + b * h_conditional
+        penalty = (marginal_nll - conditional_nll).clamp_min(0).mean() if positive_part else mutual_information
+        log_scale = self.standardizer.log_scale()
+        metrics = {
+            "marginal_entropy": (h_marginal + log_scale).detach(),
+            "conditional_entropy": (h_conditional + log_scale).detach(),
+            "mutual_information": mutual_information.detach(),
+            "estimator_nll": fit.detach(),
+        }
+        return PenaltyOutput(loss=value_with_grad(weight * penalty, fit), metrics=metrics)
