@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .estimators.baselines import gaussian_entropy
+
 __all__ = [
     "PAIR_KINDS",
     "CorrelatedPairSampler",
@@ -47,7 +49,6 @@ __all__ = [
 ]
 
 PAIR_KINDS = ("gaussian", "cubic", "uniform")
-_LOG_2PI_E = math.log(2.0 * math.pi * math.e)
 
 
 def _generator(seed: int | torch.Generator | None) -> torch.Generator:
@@ -56,16 +57,6 @@ def _generator(seed: int | torch.Generator | None) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(0 if seed is None else int(seed))
     return gen
-
-
-def gaussian_entropy(covariance: Tensor | float, dim: int | None = None) -> float:
-    """Entropy of ``N(m, S)`` in nats; ``S`` a ``[d, d]`` matrix, or a scalar variance with ``dim`` given."""
-    if not isinstance(covariance, Tensor):
-        if dim is None:
-            raise ValueError("pass dim with a scalar variance")
-        return 0.5 * dim * (_LOG_2PI_E + math.log(float(covariance)))
-    cov = covariance.to(torch.float64)
-    return float(0.5 * (cov.shape[-1] * _LOG_2PI_E + torch.linalg.slogdet(cov)[1]))
 
 
 def halving_schedule_entropies(dim: int = 64, num_phases: int = 5) -> list[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import hf_knife
+from hf_knife.estimators import FitOptions, MixtureMIEstimator, fit
 from hf_knife.estimators.baselines import gaussian_entropy
 
 
@@ -160,3 +162,38 @@ def test_nan_never_silent_in_fit():
     x = np.random.default_rng(0).normal(size=(400, 2))
     with pytest.raises(FloatingPointError, match="lower lr"):
         hf_knife.estimate_entropy(x, lr=1e6, num_components=4, max_steps=200)
+
+
+# ----------------------------------------------------------------------------------------------- the fitting loop
+def test_fit_full_batch_without_validation_is_a_plain_adam_loop():
+    """shuffle=False with a full batch and no validation split: exactly Adam on the whole sample, last parameters
+    kept (the monitor's posterior fit)."""
+    torch.manual_seed(0)
+    x, s = torch.randn(60, 2), torch.randint(0, 2, (60,))
+    reference = MixtureMIEstimator(2, 2, fit="posterior", num_components=1).init_from_samples(x, s)
+    fitted = copy.deepcopy(reference)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.05)
+    for _ in range(25):
+        loss = reference(x, s).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    options = FitOptions(max_steps=25, batch_size=60, lr=0.05, eval_every=10, shuffle=False, progress=False)
+    history = fit(fitted, lambda index: fitted(x[index], s[index]).loss, torch.arange(60), options=options)
+    for expected, actual in zip(reference.parameters(), fitted.parameters()):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    assert [entry["step"] for entry in history] == [10, 20, 25]
+    assert all("validation_loss" not in entry for entry in history)
+
+
+def test_fit_keeps_the_parameters_of_the_best_validation_check():
+    torch.manual_seed(1)
+    x = torch.randn(300, 2)
+    kernel = hf_knife.MarginalKernel(2, 4).init_from_samples(x[:200])
+    options = FitOptions(max_steps=120, batch_size=16, lr=0.2, eval_every=5, patience=4, progress=False)
+    history = fit(kernel, lambda index: kernel(x[index]), torch.arange(200), torch.arange(200, 300),
+                  options=options, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    best = min(entry["validation_loss"] for entry in history)
+    with torch.no_grad():
+        assert float(kernel(x[200:])) == pytest.approx(best, abs=1e-6)
+    assert history[-1]["step"] <= 120

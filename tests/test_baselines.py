@@ -56,3 +56,16 @@ def test_gaussian_mutual_information_closed_forms():
     labels = (torch.rand(40_000, generator=g) < 0.5).long()
     shifted = torch.randn(40_000, 1, generator=g, dtype=torch.float64) + 2.0 * labels[:, None]
     assert 0 < doe_mutual_information(shifted, labels) < math.log(2)
+
+
+def test_gaussian_entropy_has_one_home():
+    """Matrix (torch or numpy) and scalar-variance forms agree; hf_knife.synthetic re-exports the same function."""
+    import hf_knife.synthetic
+
+    assert hf_knife.synthetic.gaussian_entropy is gaussian_entropy
+    expected = 0.5 * 3 * math.log(2 * math.pi * math.e * 0.5)
+    assert gaussian_entropy(0.5, 3) == pytest.approx(expected, abs=1e-12)
+    assert gaussian_entropy(0.5 * torch.eye(3)) == pytest.approx(expected, abs=1e-12)
+    assert gaussian_entropy(0.5 * np.eye(3)) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="pass dim"):
+        gaussian_entropy(0.5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
@@ -13,7 +15,15 @@ from hf_knife import (
     MarginalKernel,
     MixtureMIEstimator,
 )
-from hf_knife.estimators import COVARIANCE_TYPES, component_log_prob, mixture_log_prob
+from hf_knife.estimators import (
+    COVARIANCE_TYPES,
+    CalibratedMixtureMIEstimator,
+    MIEstimator,
+    build_mi_estimator,
+    component_log_prob,
+    mixture_log_prob,
+)
+from hf_knife.estimators.mutual_information import FIT_OBJECTIVES
 
 
 @pytest.fixture(autouse=True)
@@ -346,3 +356,96 @@ def test_bandwidth_bounds_clamp():
     x = torch.zeros(1, 2)
     expected = MultivariateNormal(torch.zeros(2), 0.25 * torch.eye(2)).log_prob(x)
     torch.testing.assert_close(kernel.log_prob(x), expected)
+
+
+# ----------------------------------------------------------------------------------------------- MI interface
+@pytest.mark.parametrize("kind", ["continuous", "kernel", "mixture", "posterior", "calibrated"])
+def test_mi_estimators_share_one_interface(kind):
+    """Every MI estimator's pointwise values are its two densities, and its loss is a h(X) + b h(X|Y) with
+    (a, b) = fit_coefficients: what the penalty relies on, without knowing the estimator's type."""
+    torch.manual_seed(5)
+    x = torch.randn(30, 3)
+    y = torch.randn(30, 2) if kind == "continuous" else torch.randint(0, 3, (30,))
+    if kind == "continuous":
+        options = dict(cond_dim=2, hidden_dims=(8,))
+    else:
+        options = dict(
+            num_classes=3,
+            marginal="kernel" if kind == "kernel" else "mixture",
+            fit="posterior" if kind == "posterior" else "likelihood",
+            readout="calibrated" if kind == "calibrated" else "likelihood",
+        )
+    estimator = build_mi_estimator(3, num_components=2, **options)
+    assert isinstance(estimator, MIEstimator) and estimator.num_components == 2
+    if kind == "calibrated":  # densities of x through a non-trivial linear map
+        estimator.set_transform(torch.randn(3), torch.randn(3, 3))
+    estimator.init_from_samples(x, y)
+    marginal_nll, conditional_nll = estimator.pointwise(x, y)  # [B], [B]
+    torch.testing.assert_close(marginal_nll, -estimator.marginal_log_prob(x))
+    torch.testing.assert_close(conditional_nll, -estimator.conditional_log_prob(x, y))
+    a, b = estimator.fit_coefficients
+    torch.testing.assert_close(estimator(x, y).loss, a * marginal_nll.mean() + b * conditional_nll.mean())
+
+
+def test_build_mi_estimator_choices():
+    assert type(build_mi_estimator(3, cond_dim=2)) is KNIFEEstimator
+    assert type(build_mi_estimator(3, num_classes=2)) is MixtureMIEstimator
+    assert type(build_mi_estimator(3, num_classes=2, readout="calibrated")) is CalibratedMixtureMIEstimator
+    kernel = build_mi_estimator(3, num_classes=2, marginal="kernel", num_components=5)
+    assert type(kernel) is KNIFEEstimator and kernel.is_discrete and kernel.marginal.num_components == 5
+    posterior = build_mi_estimator(3, num_classes=2, fit="posterior", covariance="full")
+    assert posterior.fit_coefficients == FIT_OBJECTIVES["posterior"] and posterior.conditional.covariance == "full"
+    continuous = build_mi_estimator(3, cond_dim=2, hidden_dims=[7], fit="posterior")  # fit: discrete Y only
+    assert continuous.conditional.trunk[0].out_features == 7
+    assert continuous.fit_coefficients == FIT_OBJECTIVES["likelihood"]
+    with pytest.raises(ValueError, match="need marginal='mixture'"):
+        build_mi_estimator(3, num_classes=2, marginal="kernel", fit="posterior")
+    with pytest.raises(ValueError, match="exactly one of cond_dim"):
+        build_mi_estimator(3)
+    with pytest.raises(ValueError, match="unknown marginal 'kde'"):
+        build_mi_estimator(3, num_classes=2, marginal="kde")
+
+
+# ----------------------------------------------------------------------------------------------- reset_parameters
+RESET_CASES = {
+    "marginal_full": lambda: MarginalKernel(3, 2, covariance="full"),
+    "marginal_low_rank": lambda: MarginalKernel(3, 2, covariance="low_rank", rank=2),
+    "discrete": lambda: DiscreteConditionalKernel(3, 2, num_components=2),
+    "conditional": lambda: ConditionalKernel(3, 2, num_components=2, covariance="low_rank", hidden_dims=(4, 5)),
+    "knife_continuous": lambda: KNIFEEstimator(3, cond_dim=2, num_components=2, hidden_dims=(4,)),
+    "knife_discrete": lambda: KNIFEEstimator(3, num_classes=2, num_components=2),
+    "mixture": lambda: MixtureMIEstimator(3, 2, num_components=2, covariance="full"),
+}
+
+
+@pytest.mark.parametrize("case", list(RESET_CASES))
+def test_reset_parameters_restores_the_constructor_initialisation(case):
+    """After fitting, reset_parameters under a seed gives the parameters a fresh module gets under that seed."""
+    torch.manual_seed(3)
+    fresh = RESET_CASES[case]()
+    torch.manual_seed(0)
+    module = RESET_CASES[case]()
+    x = torch.randn(20, 3)
+    y = torch.randn(20, 2) if "continuous" in case or case == "conditional" else torch.randint(0, 2, (20,))
+    module.init_from_samples(x) if case.startswith("marginal") else module.init_from_samples(x, y)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(1.0)
+    torch.manual_seed(3)
+    module.reset_parameters()
+    for (name, expected), actual in zip(fresh.named_parameters(), module.parameters()):
+        torch.testing.assert_close(actual, expected, msg=name)
+    if case == "mixture":
+        torch.testing.assert_close(module.log_prior, fresh.log_prior)
+
+
+def test_reset_parameters_keeps_tensors_loaded_from_a_checkpoint():
+    pytest.importorskip("transformers.initialization")
+    kernel = MarginalKernel(2, 3)
+    with torch.no_grad():
+        kernel.loc.fill_(7.0)
+        kernel.log_diag.fill_(2.0)
+    kernel.loc._is_hf_initialized = True  # what transformers marks on tensors it loaded
+    kernel.reset_parameters(init_bandwidth=2.0)
+    assert bool((kernel.loc == 7.0).all())
+    torch.testing.assert_close(kernel.log_diag, torch.full_like(kernel.log_diag, -math.log(2.0)))

@@ -420,6 +420,7 @@ PENALTY_KINDS = ("entropy", "mi_mixture", "mi_posterior", "mi_kernel", "mi_conti
 
 
 def make_penalty_config(kind: str, cov: str, k: int, num_classes: int, cond_dim: int, **extra) -> KNIFEConfig:
+    mi_options = extra.pop("mutual_information", {})
     options = dict(num_components=k, covariance=cov, hidden_dims=[8], **extra)
     if kind == "entropy":
         return KNIFEConfig(penalty="entropy", **options)
@@ -428,36 +429,39 @@ def make_penalty_config(kind: str, cov: str, k: int, num_classes: int, cond_dim:
     if kind == "adversarial":
         return KNIFEConfig(penalty="adversarial", num_sensitive_classes=num_classes, **options)
     if kind == "mi_continuous":
-        return KNIFEConfig(sensitive_type="continuous", sensitive_dim=cond_dim, **options)
+        return KNIFEConfig(
+            sensitive_type="continuous", sensitive_dim=cond_dim, mutual_information=dict(mi_options), **options
+        )
     marginal, fit = {"mi_mixture": ("mixture", "likelihood"), "mi_posterior": ("mixture", "posterior"),
                      "mi_kernel": ("kernel", "likelihood")}[kind]  # fmt: skip
     return KNIFEConfig(
-        num_sensitive_classes=num_classes, discrete_marginal=marginal, discrete_fit=fit, **options
+        num_sensitive_classes=num_classes, mutual_information=dict(marginal=marginal, fit=fit, **mi_options), **options
     )
 
 
 def penalty_step(
     penalty, kind: str, features: torch.Tensor, sensitive: torch.Tensor | None, step: int | None
 ):
-    """One training step of a standalone penalty: forward, backward, checks, ``end_of_step``; returns the output.
+    """One training step of a standalone penalty: forward, backward, checks, ``end_step``; returns the output.
 
-    ``step`` set: as under KNIFETrainer (``global_step`` set: the running statistics and the inner fit are updated
-    only by ``end_of_step``, so the forward sees the statistics of the previous steps); ``None``: standalone (every
+    ``step`` set: as under KNIFETrainer (``begin_step(step)``: the running statistics and the inner fit are updated
+    only by ``end_step``, so the forward sees the statistics of the previous steps); ``None``: standalone (every
     training forward is an optimizer step).
     """
-    penalty.global_step = step
+    if step is not None:
+        penalty.begin_step(step)
     penalty.zero_grad(set_to_none=True)
     h = features.clone().requires_grad_(True)
-    z = penalty.transform(h) if kind == "information_bottleneck" else h
-    out = penalty(z, sensitive)
+    z, extra = penalty.transform(h) if kind == "information_bottleneck" else (h, {})
+    out = penalty(z, sensitive, **extra)
     assert_finite(out.loss, "penalty loss")
     for name, value in out.metrics.items():
         assert_finite(value, f"metric {name}")
     out.loss.backward()
     assert_grads_finite(penalty, h)
-    penalty.end_of_step()
+    penalty.end_step()
     for name, tensor in [*penalty.named_parameters(), *penalty.named_buffers()]:
-        assert_finite(tensor, f"{name} after end_of_step")
+        assert_finite(tensor, f"{name} after end_step")
     return out
 
 
@@ -465,13 +469,13 @@ def penalty_step(
 @given(data=st.data(), kind=st.sampled_from(PENALTY_KINDS), cov=st.sampled_from(COVARIANCE_TYPES),
        dtype=np_dtype, k=st.integers(1, 3), num_classes=st.integers(2, 3), trainer=st.booleans())  # fmt: skip
 def test_penalty_steps_are_finite(data, kind, cov, dtype, k, num_classes, trainer):
-    """Standalone penalties (``build_penalty``, train mode, ``end_of_step``) over two steps on degenerate features:
+    """Standalone penalties (``build_penalty``, train mode, ``end_step``) over two steps on degenerate features:
     loss, metrics, gradients of the features and of every parameter, and the state after the inner fit are finite."""
     n, d = data.draw(shapes())
     cond_dim = data.draw(st.integers(1, 3))
     extra = dict(
         inner_steps=data.draw(st.integers(0, 2)),
-        positive_part=data.draw(st.booleans()),
+        mutual_information=dict(positive_part=data.draw(st.booleans())),
         standardize=data.draw(st.booleans()),
         projection_dim=data.draw(st.sampled_from([None, 1])) if kind != "information_bottleneck" else None,
     )

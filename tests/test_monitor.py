@@ -16,6 +16,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from hf_knife import KNIFEMonitorCallback
+from hf_knife.estimators.baselines import gaussian_entropy
 
 FAST = dict(fit_steps=30, max_samples=64)  # small fits: these tests check the plumbing, not the estimates
 
@@ -214,11 +215,6 @@ def _gaussian(d: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.float(), cov
 
 
-def _gaussian_entropy(cov: torch.Tensor) -> float:
-    d = cov.shape[0]
-    return 0.5 * (d * math.log(2 * math.pi * math.e) + float(torch.logdet(cov)))
-
-
 @pytest.mark.parametrize("d,with_labels,hooks", [(6, True, True), (6, False, False), (24, True, True)])
 def test_entropy_estimate_within_0_1_nats_per_dim_of_the_gaussian_closed_form(
     tmp_path, d, with_labels, hooks
@@ -243,7 +239,7 @@ def test_entropy_estimate_within_0_1_nats_per_dim_of_the_gaussian_closed_form(
         cov = p.T @ cov @ p
     k = cov.shape[0]
     assert monitor.history[0]["dim"] == k
-    truth = _gaussian_entropy(cov)
+    truth = gaussian_entropy(cov)
     assert abs(estimate - truth) / k < 0.1, (estimate, truth)
     if with_labels:  # labels independent of the features: I(Z; Y) = 0
         assert abs(monitor.history[0]["mi_labels"]) < 0.15

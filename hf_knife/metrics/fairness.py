@@ -104,6 +104,22 @@ def _rms(gaps: np.ndarray) -> float:
     return float(np.sqrt(np.mean(valid**2))) if valid.size else math.nan
 
 
+def _observed_gap(
+    y_true: Any, y_pred: Any, sensitive: Any, labels: Sequence[Any] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, float]:
+    """The common start of the TPR-GAP functions: encoded inputs and the observed RMS gap, with a warning when it is
+    undefined. Returns ``(true_codes [N], correct [N] float, group_codes [N], C, G, value)``."""
+    t, p, g, classes, groups = _check_inputs(y_true, y_pred, sensitive, labels)
+    C, G = classes.size, groups.size
+    correct = (t == p).astype(np.float64)  # [N]
+    value = _rms(_class_gaps(t, correct, g, C, G))
+    if math.isnan(value):
+        warnings.warn(
+            "TPR-GAP is undefined: no class has examples in two or more groups", RuntimeWarning, stacklevel=3
+        )
+    return t, correct, g, C, G, value
+
+
 def tpr_gap_by_class(
     y_true: Any, y_pred: Any, sensitive: Any, *, labels: Sequence[Any] | None = None
 ) -> dict[Any, float]:
@@ -127,13 +143,7 @@ def tpr_gap_rms(y_true: Any, y_pred: Any, sensitive: Any, *, labels: Sequence[An
         y_true, y_pred, sensitive: ``[N]`` true classes, predicted classes and group ids.
         labels: optional full class list (only used to validate the values).
     """
-    t, p, g, classes, groups = _check_inputs(y_true, y_pred, sensitive, labels)
-    value = _rms(_class_gaps(t, (t == p).astype(np.float64), g, classes.size, groups.size))
-    if math.isnan(value):
-        warnings.warn(
-            "TPR-GAP is undefined: no class has examples in two or more groups", RuntimeWarning, stacklevel=2
-        )
-    return value
+    return _observed_gap(y_true, y_pred, sensitive, labels)[-1]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,14 +232,8 @@ def tpr_gap_ci(
     bias-corrected one is centred on the estimate). ``method="percentile"`` gives the plain interval. Either way, to
     tell a real gap from noise use :func:`tpr_gap_permutation_test`.
     """
-    t, p, g, classes, groups = _check_inputs(y_true, y_pred, sensitive, labels)
-    C, G = classes.size, groups.size
-    correct = (t == p).astype(np.float64)
-    value = _rms(_class_gaps(t, correct, g, C, G))
+    t, correct, g, C, G, value = _observed_gap(y_true, y_pred, sensitive, labels)
     if math.isnan(value):
-        warnings.warn(
-            "TPR-GAP is undefined: no class has examples in two or more groups", RuntimeWarning, stacklevel=2
-        )
         return IntervalEstimate(math.nan, math.nan, math.nan)
     low, high = bootstrap_ci(
         lambda tt, cc, gg: _rms(_class_gaps(tt, cc, gg, C, G)),
@@ -262,14 +266,8 @@ def tpr_gap_permutation_test(
     """
     if n_perm < 1:
         raise ValueError(f"n_perm must be a positive number of permutations, got {n_perm}")
-    t, p, g, classes, groups = _check_inputs(y_true, y_pred, sensitive, labels)
-    C, G = classes.size, groups.size
-    correct = (t == p).astype(np.float64)
-    observed = _rms(_class_gaps(t, correct, g, C, G))
+    t, correct, g, C, G, observed = _observed_gap(y_true, y_pred, sensitive, labels)
     if math.isnan(observed):
-        warnings.warn(
-            "TPR-GAP is undefined: no class has examples in two or more groups", RuntimeWarning, stacklevel=2
-        )
         return {"tpr_gap": math.nan, "null_mean": math.nan, "null_high": math.nan, "p_value": math.nan}
     order = np.argsort(t, kind="stable")
     blocks = np.split(order, np.flatnonzero(np.diff(t[order])) + 1)

@@ -10,9 +10,18 @@ import itertools
 from typing import Any
 
 import datasets
+import evaluate
 import numpy as np
 
-__all__ = ["CITATION", "LABEL_TYPES", "as_array", "label_features", "representation_features"]
+__all__ = [
+    "CITATION",
+    "LABEL_TYPES",
+    "as_array",
+    "group_inputs_description",
+    "group_metric_info",
+    "label_features",
+    "representation_features",
+]
 
 #: Value types accepted for class labels and group ids; strings first, so that ``"3"`` stays a string.
 LABEL_TYPES = ("string", "int64")
@@ -63,3 +72,42 @@ def as_array(column: Any) -> np.ndarray:
     if hasattr(column, "tolist") and not isinstance(column, np.ndarray):
         column = column.tolist()
     return np.asarray(list(column))
+
+
+def group_inputs_description(
+    name: str,
+    returns: str,
+    example_output: str,
+    *,
+    references: str = "true classes [N]",
+    labels: str = "the full class list",
+    extra_args: str = "",
+) -> str:
+    """``inputs_description`` of a group-fairness module ``name``: the shared inputs (``predictions``,
+    ``references``, ``sensitive``, ``labels``), then ``extra_args``, ``returns`` and a worked example."""
+    return f"""\
+Args:
+    predictions (list of int or str): predicted classes [N].
+    references (list of int or str): {references}.
+    sensitive (list of int or str): group of each example [N] (two or more groups).
+    labels (list, optional): {labels}.
+{extra_args}Returns:
+{returns}
+Examples:
+    >>> metric = evaluate.load(hf_knife.metrics.evaluate_module_path("{name}"))
+    >>> metric.compute(predictions=[0, 0, 1, 0, 0, 0, 1, 1], references=[0, 0, 1, 1, 0, 0, 1, 1],
+    ...                sensitive=["a", "a", "a", "a", "b", "b", "b", "b"])
+    {example_output}
+"""
+
+
+def group_metric_info(description: str, inputs_description: str, reference_url: str) -> evaluate.MetricInfo:
+    """``MetricInfo`` of a group-fairness module: inputs ``predictions``, ``references``, ``sensitive`` ``[N]``
+    (int or string columns)."""
+    return evaluate.MetricInfo(
+        description=description,
+        citation=CITATION,
+        inputs_description=inputs_description,
+        features=label_features("predictions", "references", "sensitive"),
+        reference_urls=[reference_url],
+    )

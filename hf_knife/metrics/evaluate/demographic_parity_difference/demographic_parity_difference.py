@@ -12,7 +12,7 @@ from typing import Any
 
 import evaluate
 
-from hf_knife.metrics.evaluate._common import CITATION, as_array, label_features
+from hf_knife.metrics.evaluate._common import as_array, group_inputs_description, group_metric_info
 from hf_knife.metrics.fairness import demographic_parity_difference
 
 _DESCRIPTION = """\
@@ -21,32 +21,22 @@ classes: fairlearn's demographic_parity_difference. More classes: the maximum ov
 the binary problem "predicted c". 0 is parity. Computed by hf_knife.metrics.demographic_parity_difference.
 """
 
-_KWARGS_DESCRIPTION = """\
-Args:
-    predictions (list of int or str): predicted classes [N].
-    references (list of int or str): true classes [N] (only used to find and validate the classes).
-    sensitive (list of int or str): group of each example [N] (two or more groups).
-    labels (list, optional): the full class list.
-Returns:
-    demographic_parity_difference (float): in [0, 1].
-Examples:
-    >>> metric = evaluate.load(hf_knife.metrics.evaluate_module_path("demographic_parity_difference"))
-    >>> metric.compute(predictions=[0, 0, 1, 0, 0, 0, 1, 1], references=[0, 0, 1, 1, 0, 0, 1, 1],
-    ...                sensitive=["a", "a", "a", "a", "b", "b", "b", "b"])
-    {'demographic_parity_difference': 0.25}
-"""
+_KWARGS_DESCRIPTION = group_inputs_description(
+    "demographic_parity_difference",
+    "    demographic_parity_difference (float): in [0, 1].",
+    "{'demographic_parity_difference': 0.25}",
+    references="true classes [N] (only used to find and validate the classes)",
+)
 
 
 class DemographicParityDifference(evaluate.Metric):
     """``evaluate`` module for the DP difference; inputs ``predictions``, ``references``, ``sensitive`` ``[N]``."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=label_features("predictions", "references", "sensitive"),
-            reference_urls=["https://fairlearn.org/main/user_guide/assessment/common_fairness_metrics.html"],
+        return group_metric_info(
+            _DESCRIPTION,
+            _KWARGS_DESCRIPTION,
+            "https://fairlearn.org/main/user_guide/assessment/common_fairness_metrics.html",
         )
 
     def _compute(

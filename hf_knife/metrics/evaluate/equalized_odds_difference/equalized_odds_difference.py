@@ -12,7 +12,7 @@ from typing import Any
 
 import evaluate
 
-from hf_knife.metrics.evaluate._common import CITATION, as_array, label_features
+from hf_knife.metrics.evaluate._common import as_array, group_inputs_description, group_metric_info
 from hf_knife.metrics.fairness import equalized_odds_difference
 
 _DESCRIPTION = """\
@@ -22,32 +22,21 @@ group without positives (negatives) of a class is left out of that class's TPR (
 rate of 0. Computed by hf_knife.metrics.equalized_odds_difference.
 """
 
-_KWARGS_DESCRIPTION = """\
-Args:
-    predictions (list of int or str): predicted classes [N].
-    references (list of int or str): true classes [N].
-    sensitive (list of int or str): group of each example [N] (two or more groups).
-    labels (list, optional): the full class list.
-Returns:
-    equalized_odds_difference (float): in [0, 1] (NaN, with a warning, when no gap can be formed).
-Examples:
-    >>> metric = evaluate.load(hf_knife.metrics.evaluate_module_path("equalized_odds_difference"))
-    >>> metric.compute(predictions=[0, 0, 1, 0, 0, 0, 1, 1], references=[0, 0, 1, 1, 0, 0, 1, 1],
-    ...                sensitive=["a", "a", "a", "a", "b", "b", "b", "b"])
-    {'equalized_odds_difference': 0.5}
-"""
+_KWARGS_DESCRIPTION = group_inputs_description(
+    "equalized_odds_difference",
+    "    equalized_odds_difference (float): in [0, 1] (NaN, with a warning, when no gap can be formed).",
+    "{'equalized_odds_difference': 0.5}",
+)
 
 
 class EqualizedOddsDifference(evaluate.Metric):
     """``evaluate`` module for the EO difference; inputs ``predictions``, ``references``, ``sensitive`` ``[N]``."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=label_features("predictions", "references", "sensitive"),
-            reference_urls=["https://fairlearn.org/main/user_guide/assessment/common_fairness_metrics.html"],
+        return group_metric_info(
+            _DESCRIPTION,
+            _KWARGS_DESCRIPTION,
+            "https://fairlearn.org/main/user_guide/assessment/common_fairness_metrics.html",
         )
 
     def _compute(

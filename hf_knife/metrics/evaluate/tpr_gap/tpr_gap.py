@@ -14,7 +14,7 @@ from typing import Any
 
 import evaluate
 
-from hf_knife.metrics.evaluate._common import CITATION, as_array, label_features
+from hf_knife.metrics.evaluate._common import as_array, group_inputs_description, group_metric_info
 from hf_knife.metrics.fairness import tpr_gap_by_class, tpr_gap_ci, tpr_gap_rms
 
 _DESCRIPTION = """\
@@ -24,39 +24,28 @@ two. Cells (class, group) without examples are skipped, never counted as a rate 
 maximum. Computed by hf_knife.metrics.tpr_gap_rms.
 """
 
-_KWARGS_DESCRIPTION = """\
-Args:
-    predictions (list of int or str): predicted classes [N].
-    references (list of int or str): true classes [N].
-    sensitive (list of int or str): group of each example [N] (two or more groups).
-    labels (list, optional): the full class list (only used to validate the values).
+_KWARGS_DESCRIPTION = group_inputs_description(
+    "tpr_gap",
+    """\
+    tpr_gap (float): the RMS gap (NaN, with a warning, when no class has examples in two groups).
+    tpr_gap_ci_low, tpr_gap_ci_high (float): with n_boot > 0.
+    tpr_gap_by_class (dict): with per_class=True, {class: gap}.""",
+    "{'tpr_gap': 0.3535533905932738}",
+    labels="the full class list (only used to validate the values)",
+    extra_args="""\
     n_boot (int, default 0): if > 0, also a bias-corrected bootstrap interval with this many replicates.
     alpha (float, default 0.05): the interval is at level 1 - alpha.
     seed (int, default 0): seeds the bootstrap.
     per_class (bool, default False): also return the gap of each class.
-Returns:
-    tpr_gap (float): the RMS gap (NaN, with a warning, when no class has examples in two groups).
-    tpr_gap_ci_low, tpr_gap_ci_high (float): with n_boot > 0.
-    tpr_gap_by_class (dict): with per_class=True, {class: gap}.
-Examples:
-    >>> metric = evaluate.load(hf_knife.metrics.evaluate_module_path("tpr_gap"))
-    >>> metric.compute(predictions=[0, 0, 1, 0, 0, 0, 1, 1], references=[0, 0, 1, 1, 0, 0, 1, 1],
-    ...                sensitive=["a", "a", "a", "a", "b", "b", "b", "b"])
-    {'tpr_gap': 0.3535533905932738}
-"""
+""",
+)
 
 
 class TPRGap(evaluate.Metric):
     """``evaluate`` module for TPR-GAP; inputs ``predictions``, ``references``, ``sensitive`` (each ``[N]``)."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=label_features("predictions", "references", "sensitive"),
-            reference_urls=["https://arxiv.org/abs/1901.09451"],
-        )
+        return group_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, "https://arxiv.org/abs/1901.09451")
 
     def _compute(
         self,
