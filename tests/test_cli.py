@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 from transformers import HfArgumentParser
 
-from hf_knife.config import KNIFEConfig
+from hf_knife.config import (
+    LEGACY_KEYS,
+    OPTION_GROUPS,
+    BottleneckOptions,
+    BudgetOptions,
+    EntropyOptions,
+    KNIFEConfig,
+    MutualInformationOptions,
+)
 from hf_knife.trainer import KNIFETrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +34,7 @@ RECIPE_OPTIONS = {
                                "--knife_weight", "--knife_discrete_fit", "--num_train_epochs"],
     "synthetic.py": ["--quick", "--seeds", "--jobs", "--threads", "--kinds", "--levels", "staircase", "report"],
     "estimate_demo.py": ["--num_samples", "--seed"],
+    "domain_adaptation.py": ["--source", "--target", "--methods", "--seeds", "--knife_num_components", "--learning_rate"],
 }  # fmt: skip
 
 
@@ -72,7 +81,7 @@ def test_synthetic_help_after_every_experiment(capsys):
 def test_every_knife_option_in_stock_parser_help():
     """A stock ``HfArgumentParser(KNIFETrainingArguments)`` formats its help and lists one option per field."""
     text = HfArgumentParser(KNIFETrainingArguments).format_help()
-    fields = [f.name for f in dataclasses.fields(KNIFEConfig)]
+    fields = [*(f.name for f in dataclasses.fields(KNIFEConfig) if f.name not in OPTION_GROUPS), *LEGACY_KEYS]
     assert len(fields) >= 30
     missing = [name for name in fields if f"--knife_{name} " not in text and f"--knife_{name}\n" not in text]
     assert not missing, f"options missing from the help: {missing}"
@@ -81,19 +90,25 @@ def test_every_knife_option_in_stock_parser_help():
     assert knife_fields == {f"knife_{name}" for name in fields}
 
 
+def _flat(config: KNIFEConfig) -> dict[str, Any]:
+    """``config`` as command-line names -> values (the nested options under their flat ``LEGACY_KEYS`` names)."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(KNIFEConfig) if f.name not in OPTION_GROUPS}
+    values.update({key: getattr(getattr(config, group), option) for key, (group, option) in LEGACY_KEYS.items()})
+    return values
+
+
 def _argv(config: KNIFEConfig) -> list[str]:
     """Command-line tokens that describe ``config`` (None values left at their default)."""
     argv: list[str] = []
-    for f in dataclasses.fields(KNIFEConfig):
-        value: Any = getattr(config, f.name)
+    for name, value in _flat(config).items():
         if value is None:
             continue
         if isinstance(value, bool):
-            argv += [f"--knife_{f.name}", str(value).lower()]
+            argv += [f"--knife_{name}", str(value).lower()]
         elif isinstance(value, list):
-            argv += [f"--knife_{f.name}", *map(str, value)]
+            argv += [f"--knife_{name}", *map(str, value)]
         else:
-            argv += [f"--knife_{f.name}", str(value)]
+            argv += [f"--knife_{name}", str(value)]
     return argv
 
 
@@ -108,7 +123,7 @@ def test_knife_penalty_entropy_round_trips(tmp_path):
                    "--knife_num_components", "8", "--knife_hidden_dims", "64", "32"], tmp_path)  # fmt: skip
     config = args.to_knife_config()
     assert isinstance(config, KNIFEConfig)
-    expected = KNIFEConfig(penalty="entropy", weight=0.1, entropy_direction="raise", num_components=8,
+    expected = KNIFEConfig(penalty="entropy", weight=0.1, entropy=EntropyOptions(direction="raise"), num_components=8,
                            hidden_dims=[64, 32])  # fmt: skip
     assert config.to_dict() == expected.to_dict()
     assert _parse([], tmp_path).to_knife_config() is None  # no --knife_penalty: plain Trainer
@@ -119,12 +134,15 @@ NON_DEFAULT = [
         penalty="mutual_information", weight=0.1, representation="cls", layer=-2, sensitive_column="gender",
         sensitive_type="continuous", num_sensitive_classes=3, sensitive_dim=2, num_components=7,
         covariance="low_rank", rank=2, hidden_dims=[64, 32], bandwidth_bounds=[0.01, 10.0], projection_dim=8,
-        estimator_lr=0.05, inner_steps=3, warmup_steps=4, anneal_steps=5, discrete_fit="posterior",
-        positive_part=False, standardize=False, init_from_data=False, init_num_samples=17,
-        entropy_direction="raise", ib_estimator="vib", ib_init_sigma=0.3, gather_features=True, check_finite=False,
+        estimator_lr=0.05, inner_steps=3, warmup_steps=4, anneal_steps=5,
+        mutual_information=MutualInformationOptions(fit="posterior", positive_part=False), standardize=False,
+        init_from_data=False, init_num_samples=17, entropy=EntropyOptions(direction="raise"),
+        information_bottleneck=BottleneckOptions(estimator="vib", init_sigma=0.3), gather_features=True,
+        check_finite=False,
     ),
     KNIFEConfig(penalty="information_bottleneck", representation="module", module_name="bert.pooler",
-                discrete_marginal="kernel", target=0.02, budget_rate=0.3, budget_smoothing=0.5),
+                mutual_information=MutualInformationOptions(marginal="kernel"), target=0.02,
+                budget=BudgetOptions(rate=0.3, smoothing=0.5)),
 ]  # fmt: skip
 
 
@@ -137,8 +155,6 @@ def test_every_knife_option_round_trips(index, tmp_path):
 
 def test_round_trip_configs_cover_every_field():
     """Every KNIFEConfig field takes a non-default value in NON_DEFAULT (a new field must be added there)."""
-    default = KNIFEConfig().to_dict()
-    changed = {
-        name for config in NON_DEFAULT for name, value in config.to_dict().items() if value != default[name]
-    }
+    default = _flat(KNIFEConfig())
+    changed = {name for config in NON_DEFAULT for name, value in _flat(config).items() if value != default[name]}
     assert changed == set(default), f"not exercised: {sorted(set(default) - changed)}"

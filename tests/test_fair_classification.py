@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fair_classification.py"
+if str(RECIPE.parent) not in sys.path:  # the recipe imports its support package `common`, as its script does
+    sys.path.insert(0, str(RECIPE.parent))
 
 
 def load_recipe():

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "recipes") not in sys.path:  # the recipe imports its support package `common`, as its script does
+    sys.path.insert(0, str(ROOT / "recipes"))
 
 
 def _load_recipe():
@@ -193,24 +195,24 @@ def test_dataset_alias_and_defaults():
 
 
 # ---------------------------------------------------------------------------- the Gaussian head
-def test_conditional_entropy_of_the_gaussian_head_matches_torch_distributions():
+def test_conditional_entropy_of_the_gaussian_head_matches_torch_distributions(tmp_path):
     """h(Z|X) = mean_n sum_j log sigma_nj + d/2 log(2 pi e), with sigma depending on x (the existing penalty test
     covers a constant sigma against the formula only)."""
-    from hf_knife.config import KNIFEConfig
     from hf_knife.penalties import build_penalty
+    from hf_knife.trainer import KNIFETrainingArguments
 
     torch.manual_seed(0)
     d = 6
-    penalty = build_penalty(
-        KNIFEConfig(penalty="information_bottleneck", num_components=3, ib_init_sigma=0.3), d
-    )
+    args = KNIFETrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", knife_num_components=3,
+                                  knife_penalty="information_bottleneck", knife_ib_init_sigma=0.3)  # fmt: skip
+    penalty = build_penalty(args.to_knife_config(), d)
     with torch.no_grad():
         penalty.head.log_sigma.weight.normal_(0, 0.3)
     h = torch.randn(32, d)
     penalty.init_from_samples(h)
     penalty.train()
-    z = penalty.transform(h)
-    out = penalty(z)
+    z, extra = penalty.transform(h)
+    out = penalty(z, **extra)
     sigma = penalty.head.log_sigma(h).exp()
     oracle = torch.distributions.Normal(h, sigma).entropy().sum(1).mean()
     torch.testing.assert_close(out.metrics["conditional_entropy"], oracle, rtol=1e-5, atol=1e-5)
@@ -257,11 +259,38 @@ def test_push_to_hub_pushes_the_chosen_run_and_it_reloads(assets, tmp_path, fake
     ft.main(argv)
     hub = tmp_path / "hub"
     assert (hub / "model.safetensors").is_file() and (hub / "knife_config.json").is_file()
-    assert json.loads((hub / "knife_config.json").read_text())["ib_estimator"] == "knife"
+    from hf_knife.config import KNIFEConfig
+
+    assert KNIFEConfig.from_pretrained(hub).information_bottleneck.estimator == "knife"  # --push_method: the last
     assert fake_hub.uploads and all(repo == "user/ft-test" for repo in fake_hub.uploads)
-    model = ft.load_model(hub).eval()
+    from common.bottleneck import load_model
+
+    model = load_model(hub).eval()
     assert model.knife_config.module_name == "bottleneck"
     ids = torch.tensor([[101, 2000, 2001, 102]])
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     assert logits.shape == (1, 3) and torch.isfinite(logits).all()
+
+
+# ---------------------------------------------------------------------------- seed statistics (recipes/common/stats.py)
+def test_seed_statistics_match_scipy():
+    """The one home of the recipes' seed statistics: t-interval, paired differences, mean / std tables."""
+    from common.stats import describe, paired_difference, summarise, t_interval
+    from scipy import stats
+
+    values = [0.71, 0.74, 0.69, 0.80]
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    d = describe(values)
+    assert (d.n, d.mean, d.std) == (4, pytest.approx(np.mean(values)), pytest.approx(np.std(values, ddof=1)))
+    assert (d.low, d.high) == (pytest.approx(low), pytest.approx(high))
+    assert t_interval([0.5, math.nan])[0] == 0.5 and all(math.isnan(v) for v in t_interval([0.5])[1:])
+    assert all(math.isnan(v) for v in t_interval([]))
+    diff = paired_difference({1: 0.8, 2: 0.7, 3: 0.9}, {1: 0.6, 2: 0.65, 4: 0.1})
+    assert diff["seeds"] == [1, 2] and diff["differences"] == pytest.approx([0.2, 0.05]) and diff["n"] == 2
+    assert diff["ci95"][0] < diff["mean"] < diff["ci95"][1] and diff["above_zero"] is False  # 2 seeds: wide
+    rows = [{"k": "a", "v": 1.0}, {"k": "b", "v": 2.0}, {"k": "a", "v": 3.0}, {"k": "b", "v": None}]
+    assert summarise(rows, ["k"], ["v"]) == [
+        {"k": "a", "num_seeds": 2, "v_mean": 2.0, "v_std": pytest.approx(math.sqrt(2))},
+        {"k": "b", "num_seeds": 2, "v_mean": 2.0, "v_std": 0.0},  # one value: std 0 (synthetic tables)
+    ]

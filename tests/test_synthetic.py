@@ -30,6 +30,8 @@ from hf_knife.synthetic import (
 
 torch.set_num_threads(1)
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "synthetic.py"
+if str(RECIPE.parent) not in sys.path:  # the recipe imports its support package `common`, as its script does
+    sys.path.insert(0, str(RECIPE.parent))
 
 
 def load_recipe():
@@ -323,15 +325,18 @@ def test_jobs_spread_units_over_processes_with_identical_results(quick_results, 
 
 
 def test_non_finite_raises():
-    recipe = load_recipe()
-    with pytest.raises(recipe.NonFiniteError, match="step 3"):
-        recipe.check_finite(float("nan"), "knife", 3)
+    from common.estimation import NonFiniteError, check_finite
+
+    with pytest.raises(NonFiniteError, match="step 3"):
+        check_finite(float("nan"), "knife", 3)
+    assert check_finite(torch.tensor(1.5), "knife", 0) == 1.5
 
 
 def test_marginal_gaussianizer_is_monotone_and_gaussianizes():
-    recipe = load_recipe()
+    from common.estimation import MarginalGaussianizer
+
     reference = torch.randn(8192, 2, generator=gen(10)) ** 3
-    g = recipe.MarginalGaussianizer(reference)
+    g = MarginalGaussianizer(reference)
     grid = torch.linspace(-50, 50, 2001).view(-1, 1).repeat(1, 2)
     z = g(grid)
     assert torch.all(z[1:] >= z[:-1]) and torch.isfinite(z).all()  # non-decreasing, clamped in the far tails
