@@ -266,23 +266,30 @@ def extract_features(
     representation: Representation,
     device: torch.device | str | None = None,
     drop: Iterable[str] = (),
-) -> Tensor:
-    """``[N, d]`` float32 Z of every example of ``batches`` (dicts of model inputs, e.g. a DataLoader), on the CPU.
+    return_logits: bool = False,
+    progress: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``[N, d]`` float32 Z of every example of ``batches`` (dicts of model inputs, e.g. a DataLoader), on the CPU;
+    with ``return_logits`` also the model's ``[N, C]`` logits from the same forward passes.
 
     The model runs in eval mode under ``torch.no_grad``; keys in ``drop`` (e.g. labels, the sensitive column) are
     not passed to it. Restores the model's training mode.
     """
+    from tqdm.auto import tqdm
+
     device = torch.device(device) if device is not None else next(model.parameters()).device
     drop = set(drop) | {"labels", "label"}
     was_training = model.training
     model.eval()
-    chunks = []
+    chunks, logits = [], []
     try:
-        for batch in batches:
+        for batch in tqdm(batches, desc="extracting Z", leave=False, disable=not progress):
             inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items() if k not in drop}
             with representation.capture(model, inputs.get("attention_mask")) as capture:
-                model(**inputs)
+                output = model(**inputs)
             chunks.append(capture.features.float().cpu())
+            if return_logits:
+                logits.append((output.logits if hasattr(output, "logits") else output[0]).float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(chunks)
+    return (torch.cat(chunks), torch.cat(logits)) if return_logits else torch.cat(chunks)

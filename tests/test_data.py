@@ -1,4 +1,4 @@
-"""Tests of hf_knife.data: generic loader, label encoding, stratified sampling, errors, offline assets."""
+"""Tests of recipes/common/data (the recipes' dataset loaders): generic loader, label encoding, stratified sampling, errors, offline assets."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import re
 
 import pandas as pd
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Value
-
-from hf_knife.data import (
+from common.data import (
     MissingAssetError,
     encode_labels,
     load_text_classification,
@@ -24,6 +22,7 @@ from hf_knife.data import (
     stratified_subsample,
     validate_text_classification,
 )
+from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 
 def _has(module: str) -> bool:

@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fair_classification.py"
-if str(RECIPE.parent) not in sys.path:  # the recipe imports its support package `common`, as its script does
-    sys.path.insert(0, str(RECIPE.parent))
 
 
 def load_recipe():
@@ -25,9 +23,8 @@ def load_recipe():
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
+    from common.data import default_model_path
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from hf_knife.data import default_model_path
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
@@ -300,7 +297,7 @@ def test_targets_sweep_replaces_the_weight_sweep_for_knife(tiny_model_dir, tiny_
 
 
 def test_default_representation_detects_sentence_transformers_checkpoints(tiny_model_dir, tmp_path):
-    from hf_knife.data import default_model_path
+    from common.data import default_model_path
 
     recipe = load_recipe()
     representation, why = recipe.default_representation(str(default_model_path()))

@@ -14,8 +14,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "recipes") not in sys.path:  # the recipe imports its support package `common`, as its script does
-    sys.path.insert(0, str(ROOT / "recipes"))
 
 
 def _load_recipe():
@@ -38,9 +36,8 @@ TOPICS = {
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tiny BERT (hidden 32, 2 layers) with the MiniLM tokenizer, and three tiny csv datasets."""
+    from common.data import default_model_path
     from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from hf_knife.data import default_model_path
 
     root = tmp_path_factory.mktemp("fine_tuning")
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())

@@ -30,8 +30,6 @@ from hf_knife.synthetic import (
 
 torch.set_num_threads(1)
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "synthetic.py"
-if str(RECIPE.parent) not in sys.path:  # the recipe imports its support package `common`, as its script does
-    sys.path.insert(0, str(RECIPE.parent))
 
 
 def load_recipe():

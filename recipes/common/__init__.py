@@ -11,6 +11,6 @@ The recipes import it as ``common`` because a script's own folder is on ``sys.pa
 - :mod:`common.synthetic_report`: the synthetic experiments' plots, staircase summary and ``README_section.md``.
 - :mod:`common.bottleneck`: ``fine_tuning.py``'s model (encoder + linear bottleneck), best-epoch selection, metrics.
 - :mod:`common.paired_report`: ``fine_tuning.py``'s paired-seed summary, tables, plot, ``--resume`` and ``--report_only``.
-- :mod:`common.text_splits`: ``fine_tuning.py``'s train / validation / test splits over ``hf_knife.data``.
+- :mod:`common.text_splits`: ``fine_tuning.py``'s train / validation / test splits over ``common.data``.
 - :mod:`common.fair_audit`: ``fair_classification.py``'s representation choice, Z extraction, scoring and reports.
 """

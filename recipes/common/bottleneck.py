@@ -13,8 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, TrainerCallback
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from hf_knife.config import KNIFE_CONFIG_NAME
-from hf_knife.modeling import knife_model_class
+from hf_knife.modeling import find_knife_config, knife_model_class
 
 
 class BottleneckClassifier(PreTrainedModel):
@@ -107,7 +106,7 @@ def load_model(folder: str | os.PathLike) -> PreTrainedModel:
     """Reload a model saved by this recipe (with its KNIFE / VIB head when it has one: a ``knife_config.json`` beside
     the weights, or the ``knife`` entry of an older ``config.json``)."""
     config = AutoConfig.from_pretrained(folder)
-    has_knife = getattr(config, "knife", None) or os.path.isfile(os.path.join(folder, KNIFE_CONFIG_NAME))
+    has_knife = find_knife_config(folder, config=config) is not None
     cls = knife_model_class(BottleneckClassifier) if has_knife else BottleneckClassifier
     return cls.from_pretrained(folder, config=config)
 

@@ -10,13 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 import hf_knife
-from hf_knife import KNIFEConfig
+from hf_knife.columns import count_classes
 from hf_knife.erasure import ERASURE_METHODS
 from hf_knife.metrics import audit_leakage, fairness_report
-from hf_knife.pooling import FeatureCapture, resolve_source
+from hf_knife.representation import Representation, extract_features
 
 from .reporting import pyplot, read_results, write_csv, write_json
 from .stats import describe, group_by
@@ -48,16 +47,13 @@ def check_task(data: Any, sensitive: str) -> tuple[int, int]:
     return _num_classes(data, "label"), _num_classes(data, sensitive)
 
 
+def _num_classes(data: Any, column: str) -> int:
+    """The number of classes of ``column`` over all splits (its ClassLabel, else the largest id + 1)."""
+    return max(count_classes(data[split], column) or 0 for split in data)
+
+
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
-
-
-def _num_classes(data: Any, column: str) -> int:
-    """From the ClassLabel feature when there is one, else the largest id over all splits."""
-    feature = data["train"].features.get(column)
-    if hasattr(feature, "num_classes"):
-        return int(feature.num_classes)
-    return int(max(np.max(np.asarray(data[split][column])) for split in data)) + 1
 
 
 # ----------------------------------------------------------------------------------------------- representation
@@ -112,21 +108,13 @@ def encode(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One pass of the model over ``dataset``: Z (the representation the penalty acts on) ``[N, d]`` and the
     model's logits ``[N, C]``."""
-    model.eval()
-    source, _ = resolve_source(model, KNIFEConfig(penalty="entropy", representation=representation))
     columns = [c for c in dataset.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
     loader = torch.utils.data.DataLoader(
         dataset.select_columns(columns), batch_size=batch_size, collate_fn=collator
     )
-    device = next(model.parameters()).device
-    features, logits = [], []
-    for batch in tqdm(loader, desc="extracting Z", leave=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with FeatureCapture(source, representation, batch.get("attention_mask")) as capture:
-            output = model(**batch)
-        features.append(capture.features.float().cpu())
-        logits.append((output.logits if hasattr(output, "logits") else output[0]).float().cpu())
-    return torch.cat(features).numpy(), torch.cat(logits).numpy()
+    rep = Representation.resolve(model, representation)
+    features, logits = extract_features(model, loader, rep, return_logits=True, progress=True)
+    return features.numpy(), logits.numpy()
 
 
 def encode_splits(

@@ -1,11 +1,11 @@
-"""Train / validation / test splits of ``recipes/fine_tuning.py`` over ``hf_knife.data`` (offline BBC News and
+"""Train / validation / test splits of ``recipes/fine_tuning.py`` over ``common.data`` (offline BBC News and
 20 Newsgroups, Hub datasets, local files), and their tokenisation."""
 
 from __future__ import annotations
 
 import logging
 
-from hf_knife.data import load_20newsgroups, load_bbc_news, load_text_classification
+from common.data import load_20newsgroups, load_bbc_news, load_text_classification
 
 logger = logging.getLogger("fine_tuning")
 
