@@ -3,7 +3,7 @@
 Options every penalty shares are top-level fields; each penalty's own options are a nested dataclass
 (``KNIFEConfig(penalty="entropy", entropy=EntropyOptions(direction="raise"))``), rebuilt from dicts when loaded
 (the PEFT way). Files written before the nesting (flat ``discrete_fit``, ``entropy_direction``, ``ib_estimator``,
-``budget_rate``... keys) still load: :data:`LEGACY_KEYS` maps them. What each penalty accepts is checked by the
+``budget_rate``... keys) still load: :data:`FLAT_KEYS` maps them. What each penalty accepts is checked by the
 penalty class itself (``check_config``, found through :data:`~hf_knife.registry.PENALTY_REGISTRY`).
 """
 
@@ -22,7 +22,7 @@ from .registry import PENALTY_REGISTRY, REPRESENTATION_REGISTRY
 
 __all__ = [
     "KNIFE_CONFIG_NAME",
-    "LEGACY_KEYS",
+    "FLAT_KEYS",
     "OPTION_GROUPS",
     "BottleneckOptions",
     "BudgetOptions",
@@ -110,10 +110,21 @@ class BottleneckOptions:
         default="knife", metadata=_help("'knife' (h_KNIFE(Z) - h(Z|X)) or 'vib' (KL to N(0, I))")
     )
     init_sigma: float = field(default=0.1, metadata=_help("initial noise scale of the stochastic Gaussian head"))
+    marginal: Literal["kernel", "memory"] = field(
+        default="kernel",
+        metadata=_help("how h(Z) is estimated for estimator='knife': 'kernel', a KNIFE kernel fitted on the batches "
+                       "(K = num_components; loose when K is below the number of training examples); 'memory', "
+                       "the mixture of the head's own Gaussians over the last memory_size examples "
+                       "(hf_knife.estimators.MemoryMixture: I(X;Z) <= log memory_size, exact when the memory holds "
+                       "the training set)"),
+    )  # fmt: skip
+    memory_size: int = field(default=1024, metadata=_help("examples kept by marginal='memory'"))
 
     def validate(self) -> None:
         _check_literals(self, "information_bottleneck.")
         _check_number(self.init_sigma, "information_bottleneck.init_sigma", positive=True)
+        if isinstance(self.memory_size, bool) or not isinstance(self.memory_size, int) or self.memory_size < 1:
+            raise ValueError(f"information_bottleneck.memory_size must be a positive integer, got {self.memory_size!r}")
 
 
 @dataclass
@@ -145,9 +156,9 @@ OPTION_GROUPS: dict[str, type] = {
     "information_bottleneck": BottleneckOptions,
     "budget": BudgetOptions,
 }
-#: Flat keys of knife_config.json files written before the nesting (and the ``--knife_<key>`` command-line names)
-#: -> (group, option).
-LEGACY_KEYS: dict[str, tuple[str, str]] = {
+#: Flat names of the nested options -> (group, option): the ``--knife_<key>`` command-line names, and the keys of
+#: knife_config.json files written before the nesting (hf_knife 0.1).
+FLAT_KEYS: dict[str, tuple[str, str]] = {
     "discrete_marginal": ("mutual_information", "marginal"),
     "discrete_fit": ("mutual_information", "fit"),
     "positive_part": ("mutual_information", "positive_part"),
@@ -156,6 +167,8 @@ LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "ib_init_sigma": ("information_bottleneck", "init_sigma"),
     "budget_rate": ("budget", "rate"),
     "budget_smoothing": ("budget", "smoothing"),
+    "ib_marginal": ("information_bottleneck", "marginal"),
+    "ib_memory_size": ("information_bottleneck", "memory_size"),
 }
 
 
@@ -381,12 +394,12 @@ class KNIFEConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> KNIFEConfig:
-        """Build from a dict (nested or legacy flat keys, see :data:`LEGACY_KEYS`); unknown keys (from a newer
+        """Build from a dict (nested or legacy flat keys, see :data:`FLAT_KEYS`); unknown keys (from a newer
         version) are ignored with a warning."""
         values = dict(values)
         values.pop("hf_knife_version", None)
         groups = {name: dict(values.pop(name, None) or {}) for name in OPTION_GROUPS}
-        for key, (group, option) in LEGACY_KEYS.items():
+        for key, (group, option) in FLAT_KEYS.items():
             if key in values:
                 groups[group].setdefault(option, values.pop(key))
         known = {f.name for f in dataclasses.fields(cls)}

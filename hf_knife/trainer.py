@@ -27,7 +27,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .checkpoints import resolve_resume_checkpoint
 from .columns import check_sensitive_column, check_task_labels, column_names, count_classes, dataset_length
-from .config import KNIFE_CONFIG_NAME, LEGACY_KEYS, OPTION_GROUPS, KNIFEConfig
+from .config import FLAT_KEYS, KNIFE_CONFIG_NAME, OPTION_GROUPS, KNIFEConfig
 from .distributed import check_gather, check_launch
 from .modeling import KNIFE_TAGS, KNIFEModelMixin, add_knife, get_knife_module, knife_output_fields
 
@@ -54,15 +54,15 @@ def _option(name: str, group: str | None = None) -> Any:
     return dataclasses.field(default=f.default, metadata=metadata)
 
 
-def _legacy(key: str) -> Any:
-    return _option(LEGACY_KEYS[key][1], LEGACY_KEYS[key][0])
+def _flat(key: str) -> Any:
+    return _option(FLAT_KEYS[key][1], FLAT_KEYS[key][0])
 
 
 @dataclasses.dataclass
 class KNIFETrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus one ``knife_<option>`` per KNIFEConfig option (``--knife_penalty ...`` on the
     command line); :meth:`to_knife_config` builds the config. The nested options keep flat names
-    (``--knife_discrete_fit`` is ``mutual_information.fit``, see ``hf_knife.config.LEGACY_KEYS``)."""
+    (``--knife_discrete_fit`` is ``mutual_information.fit``, see ``hf_knife.config.FLAT_KEYS``)."""
 
     knife_penalty: str | None = dataclasses.field(
         default=None, metadata={"help": "KNIFE: the penalty (None: plain Trainer). " + _option("penalty").metadata["help"]}
@@ -91,21 +91,23 @@ class KNIFETrainingArguments(TrainingArguments):
     knife_init_num_samples: int = _option("init_num_samples")
     knife_gather_features: bool = _option("gather_features")
     knife_check_finite: bool = _option("check_finite")
-    knife_discrete_marginal: Literal["mixture", "kernel"] = _legacy("discrete_marginal")
-    knife_discrete_fit: Literal["likelihood", "posterior"] = _legacy("discrete_fit")
-    knife_positive_part: bool = _legacy("positive_part")
-    knife_entropy_direction: Literal["lower", "raise"] = _legacy("entropy_direction")
-    knife_ib_estimator: Literal["knife", "vib"] = _legacy("ib_estimator")
-    knife_ib_init_sigma: float = _legacy("ib_init_sigma")
-    knife_budget_rate: float = _legacy("budget_rate")
-    knife_budget_smoothing: float = _legacy("budget_smoothing")
+    knife_discrete_marginal: Literal["mixture", "kernel"] = _flat("discrete_marginal")
+    knife_discrete_fit: Literal["likelihood", "posterior"] = _flat("discrete_fit")
+    knife_positive_part: bool = _flat("positive_part")
+    knife_entropy_direction: Literal["lower", "raise"] = _flat("entropy_direction")
+    knife_ib_estimator: Literal["knife", "vib"] = _flat("ib_estimator")
+    knife_ib_init_sigma: float = _flat("ib_init_sigma")
+    knife_budget_rate: float = _flat("budget_rate")
+    knife_budget_smoothing: float = _flat("budget_smoothing")
+    knife_ib_marginal: Literal["kernel", "memory"] = _flat("ib_marginal")
+    knife_ib_memory_size: int = _flat("ib_memory_size")
 
     def to_knife_config(self) -> KNIFEConfig | None:
         """The KNIFEConfig described by the ``knife_*`` arguments, or None when ``knife_penalty`` is unset."""
         if self.knife_penalty is None:
             return None
         groups: dict[str, dict[str, Any]] = {name: {} for name in OPTION_GROUPS}
-        for key, (group, option) in LEGACY_KEYS.items():
+        for key, (group, option) in FLAT_KEYS.items():
             groups[group][option] = getattr(self, f"knife_{key}")
         values = {f.name: getattr(self, f"knife_{f.name}") for f in dataclasses.fields(KNIFEConfig) if f.name not in groups}
         return KNIFEConfig(**values, **{name: OPTION_GROUPS[name](**options) for name, options in groups.items()})
@@ -174,7 +176,8 @@ class KNIFETrainer(Trainer):
         knife = get_knife_module(self.model)
         if knife is not None:
             self.add_callback(_StepCallback(self))
-        if knife is not None and not any(p.requires_grad for p in knife.estimator.parameters()):
+        estimator = list(knife.estimator.parameters()) if knife is not None else []
+        if estimator and not any(p.requires_grad for p in estimator):
             raise ValueError(
                 "the KNIFE estimator is frozen (PEFT freezes modules it does not adapt): pass "
                 "modules_to_save=['knife'] to the PEFT config"

@@ -14,7 +14,7 @@ import pytest
 from transformers import HfArgumentParser
 
 from hf_knife.config import (
-    LEGACY_KEYS,
+    FLAT_KEYS,
     OPTION_GROUPS,
     BottleneckOptions,
     BudgetOptions,
@@ -81,7 +81,7 @@ def test_synthetic_help_after_every_experiment(capsys):
 def test_every_knife_option_in_stock_parser_help():
     """A stock ``HfArgumentParser(KNIFETrainingArguments)`` formats its help and lists one option per field."""
     text = HfArgumentParser(KNIFETrainingArguments).format_help()
-    fields = [*(f.name for f in dataclasses.fields(KNIFEConfig) if f.name not in OPTION_GROUPS), *LEGACY_KEYS]
+    fields = [*(f.name for f in dataclasses.fields(KNIFEConfig) if f.name not in OPTION_GROUPS), *FLAT_KEYS]
     assert len(fields) >= 30
     missing = [name for name in fields if f"--knife_{name} " not in text and f"--knife_{name}\n" not in text]
     assert not missing, f"options missing from the help: {missing}"
@@ -91,9 +91,9 @@ def test_every_knife_option_in_stock_parser_help():
 
 
 def _flat(config: KNIFEConfig) -> dict[str, Any]:
-    """``config`` as command-line names -> values (the nested options under their flat ``LEGACY_KEYS`` names)."""
+    """``config`` as command-line names -> values (the nested options under their flat ``FLAT_KEYS`` names)."""
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(KNIFEConfig) if f.name not in OPTION_GROUPS}
-    values.update({key: getattr(getattr(config, group), option) for key, (group, option) in LEGACY_KEYS.items()})
+    values.update({key: getattr(getattr(config, group), option) for key, (group, option) in FLAT_KEYS.items()})
     return values
 
 
@@ -137,7 +137,8 @@ NON_DEFAULT = [
         estimator_lr=0.05, inner_steps=3, warmup_steps=4, anneal_steps=5,
         mutual_information=MutualInformationOptions(fit="posterior", positive_part=False), standardize=False,
         init_from_data=False, init_num_samples=17, entropy=EntropyOptions(direction="raise"),
-        information_bottleneck=BottleneckOptions(estimator="vib", init_sigma=0.3), gather_features=True,
+        information_bottleneck=BottleneckOptions(estimator="vib", init_sigma=0.3, marginal="memory", memory_size=64),
+        gather_features=True,
         check_finite=False,
     ),
     KNIFEConfig(penalty="information_bottleneck", representation="module", module_name="bert.pooler",

@@ -11,8 +11,8 @@ import pytest
 from conftest import LEGACY_FILE
 
 from hf_knife.config import (
+    FLAT_KEYS,
     KNIFE_CONFIG_NAME,
-    LEGACY_KEYS,
     OPTION_GROUPS,
     BottleneckOptions,
     BudgetOptions,
@@ -84,7 +84,7 @@ def test_every_option_is_a_command_line_flag(tmp_path):
     from hf_knife.trainer import KNIFETrainingArguments
 
     names = {f.name for f in dataclasses.fields(KNIFETrainingArguments)}
-    flat = {f.name for f in dataclasses.fields(KNIFEConfig) if f.name not in OPTION_GROUPS} | set(LEGACY_KEYS)
+    flat = {f.name for f in dataclasses.fields(KNIFEConfig) if f.name not in OPTION_GROUPS} | set(FLAT_KEYS)
     assert {f"knife_{name}" for name in flat} <= names
     (args,) = HfArgumentParser(KNIFETrainingArguments).parse_args_into_dataclasses(
         [
@@ -120,7 +120,7 @@ def test_files_of_the_flat_format_still_load(tmp_path):
     config.save_pretrained(tmp_path / "new")
     saved = json.loads((tmp_path / "new" / KNIFE_CONFIG_NAME).read_text())
     assert saved["mutual_information"] == {"marginal": "mixture", "fit": "posterior", "positive_part": False}
-    assert not set(LEGACY_KEYS) & set(saved)  # one format written
+    assert not set(FLAT_KEYS) & set(saved)  # one format written
     assert KNIFEConfig.from_pretrained(tmp_path / "new") == config
 
 

@@ -12,6 +12,7 @@ from .functional import (
     mixture_log_prob,
 )
 from .marginal import MarginalKernel
+from .memory import MemoryMixture
 from .mutual_information import (
     CalibratedMixtureMIEstimator,
     KNIFEEstimator,
@@ -39,6 +40,7 @@ __all__ = [
     "KNIFEOutput",
     "MIEstimator",
     "MarginalKernel",
+    "MemoryMixture",
     "MixtureMIEstimator",
     "SchraudolphKernel",
     "build_mi_estimator",

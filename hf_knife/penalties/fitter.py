@@ -67,7 +67,7 @@ class InnerFitter(nn.Module):
     def fit(self, loss_fn: Callable[[Tensor, Tensor | None], Tensor], check_finite: bool = True, step: int = 0) -> None:
         """Run the steps on the stored batches (then forget them); the parameters' ``.grad`` are left untouched."""
         batches, self._batches = self._batches, []
-        if not batches or self.steps == 0:
+        if not batches or self.steps == 0 or not self._parameters_list:  # nothing to fit (e.g. a memory marginal)
             return
         z = torch.cat([b[0] for b in batches])  # [N, dim]
         sensitive = None if batches[0][1] is None else torch.cat([b[1] for b in batches])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from ..estimators import MarginalKernel
+from ..estimators import MarginalKernel, MemoryMixture
 from ..estimators.base import init_functions
 from ..ops import scale_gradient
 from ..registry import PENALTY_REGISTRY
@@ -76,7 +76,11 @@ class InformationBottleneckPenalty(KNIFEPenalty):
         options = config.information_bottleneck
         self.budget_metric = "vib_kl" if options.estimator == "vib" else "mutual_information"
         self.head = GaussianHead(hidden_size, options.init_sigma)
-        self.estimator = MarginalKernel(self.dim, **self.kernel_options())
+        self.memory = options.estimator == "knife" and options.marginal == "memory"
+        if self.memory:  # h(Z) from the head's own Gaussians over recent examples: nothing to fit
+            self.estimator = MemoryMixture(self.dim, options.memory_size)
+        else:
+            self.estimator = MarginalKernel(self.dim, **self.kernel_options())
         self._finish_init()
 
     def reset_parameters(self) -> None:
@@ -89,7 +93,8 @@ class InformationBottleneckPenalty(KNIFEPenalty):
         return z, {"mu": mu, "log_sigma": log_sigma}
 
     def init_estimator(self, z: Tensor, sensitive: Tensor | None) -> None:
-        self.estimator.init_from_samples(z)
+        if not self.memory:  # the memory fills with the head's outputs during training
+            self.estimator.init_from_samples(z)
 
     def fitting_loss(self, z: Tensor, sensitive: Tensor | None) -> Tensor:
         return self.estimator(z)
@@ -113,6 +118,20 @@ class InformationBottleneckPenalty(KNIFEPenalty):
         metrics = {"conditional_entropy": h_conditional.detach(), "vib_kl": kl.detach()}
         if self.config.information_bottleneck.estimator == "vib":
             return PenaltyOutput(loss=weight * kl, metrics=metrics)
+        if self.memory:
+            # q = the mixture of N(mu_m, sigma_m^2) over the memory and this batch, in the units of Z; I(X;Z) is read
+            # pointwise, mean_n [log p(z_n | x_n) - log q(z_n)]: the same expectation as h(Z) - h(Z|X), without the
+            # sampling noise of -log q(z) (about sqrt(d/2) nats per sample). Plain autograd (nothing to fit): z, mu
+            # and log sigma get weight * grad I
+            z_raw = self.standardizer.invert(z)  # [B, d]
+            log_q = self.estimator.log_prob(z_raw, mu, log_sigma)  # [B]
+            log_p = torch.distributions.Normal(mu, log_sigma.exp()).log_prob(z_raw).sum(1)  # [B]
+            h_marginal = -log_q.mean()
+            mutual_information = (log_p - log_q).mean()
+            if self.training:
+                self.estimator.push(mu, log_sigma)
+            metrics.update(marginal_entropy=h_marginal.detach(), mutual_information=mutual_information.detach())
+            return PenaltyOutput(loss=weight * mutual_information, metrics=metrics)
         nll = -self.estimator.log_prob(scale_gradient(z, weight)).mean()  # h_KNIFE(Z): fit + weight * grad to z
         h_marginal = nll + self.standardizer.log_scale()  # in the units of Z
         mutual_information = h_marginal - h_conditional

@@ -59,6 +59,12 @@ class RunningStandardizer(nn.Module):
             return z
         return (z - self.mean) * self.var.rsqrt()  # [B, dim]
 
+    def invert(self, z: Tensor) -> Tensor:
+        """``[B, dim] -> [B, dim]``: back to the units of Z (the inverse of :meth:`forward`)."""
+        if not self.enabled:
+            return z
+        return z * self.var.sqrt() + self.mean  # [B, dim]
+
     def log_scale(self) -> Tensor:
         """``[]``: ``sum_j log std_j``; entropy in the units of Z = entropy of the standardised Z + this."""
         if not self.enabled:
