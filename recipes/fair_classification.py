@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 from common.cli import option
+from common.data import load_bug, load_reddit_bias, load_text_classification, resolve_model_name_or_path
 from common.fair_audit import (
     audit_markdown,
     check_task,
@@ -67,7 +68,6 @@ from common.fair_audit import (
     write_results,
 )
 
-from hf_knife.data import load_bug, load_reddit_bias, load_text_classification, resolve_model_name_or_path
 from hf_knife.erasure import (
     ERASURE_METHODS,
     add_erasure,
