@@ -19,15 +19,7 @@ import torch
 
 from hf_knife.config import BottleneckOptions, KNIFEConfig
 from hf_knife.penalties import build_penalty
-
-
-def truth(mu: torch.Tensor, sigma: float, num_samples: int = 20_000) -> float:
-    generator = torch.Generator().manual_seed(1)
-    n, d = mu.shape
-    index = torch.randint(0, n, (num_samples,), generator=generator)
-    z = mu[index] + sigma * torch.randn(num_samples, d, generator=generator, dtype=mu.dtype)  # [S, d]
-    log_p = torch.distributions.Normal(mu.unsqueeze(0), sigma).log_prob(z.unsqueeze(1)).sum(-1)  # [S, N]
-    return float((log_p[torch.arange(num_samples), index] - (log_p.logsumexp(1) - math.log(n))).mean())
+from hf_knife.synthetic import gaussian_channel_mutual_information
 
 
 def estimate(mu: torch.Tensor, sigma: float, options: BottleneckOptions, steps: int, batch: int, **config) -> float:
@@ -61,7 +53,7 @@ def main() -> None:
         for spread in (1.0, 0.02):
             mu = spread * torch.randn(n, args.dim, generator=torch.Generator().manual_seed(n))
             started = time.perf_counter()
-            exact = truth(mu.double(), args.sigma)
+            exact = gaussian_channel_mutual_information(mu.double(), args.sigma)
             kernel16 = estimate(mu, args.sigma, BottleneckOptions(init_sigma=args.sigma), args.steps, args.batch)
             kernel128 = estimate(mu, args.sigma, BottleneckOptions(init_sigma=args.sigma), args.steps, args.batch,
                                  num_components=128)  # fmt: skip

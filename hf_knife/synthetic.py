@@ -42,6 +42,7 @@ __all__ = [
     "GaussianSampler",
     "TriangleMixtureSampler",
     "correlation_for_mi",
+    "gaussian_channel_mutual_information",
     "gaussian_entropy",
     "halving_schedule_entropies",
     "uniform_noise_width",
@@ -285,3 +286,15 @@ class GaussianMixtureClassSampler:
             values.append(self.pointwise_mi(z, labels))
         v = torch.cat(values)
         return MonteCarloTruth(float(v.mean()), float(v.std() / math.sqrt(v.numel())), v.numel())
+
+
+def gaussian_channel_mutual_information(mu: Tensor, sigma: float, num_samples: int = 20_000, seed: int = 1) -> float:
+    """I(X; Z) in nats for X uniform over the rows of ``mu [N, d]`` and ``Z | X = n ~ N(mu_n, sigma^2 I)`` (a
+    Gaussian head on a training set of N examples; at most log N), by Monte Carlo:
+    ``E[log p(z | x) - log (1/N) sum_j p(z | x_j)]``."""
+    generator = _generator(seed)
+    n, d = mu.shape
+    index = torch.randint(0, n, (num_samples,), generator=generator)  # [S]
+    z = mu[index] + sigma * torch.randn(num_samples, d, generator=generator, dtype=mu.dtype)  # [S, d]
+    log_p = torch.distributions.Normal(mu.unsqueeze(0), sigma).log_prob(z.unsqueeze(1)).sum(-1)  # [S, N]
+    return float((log_p[torch.arange(num_samples), index] - _logmeanexp(log_p, 1)).mean())

@@ -10,6 +10,7 @@ import torch
 from hf_knife.config import BottleneckOptions, EntropyOptions, KNIFEConfig, MutualInformationOptions
 from hf_knife.ops import scale_gradient
 from hf_knife.penalties import build_penalty
+from hf_knife.synthetic import gaussian_channel_mutual_information
 
 
 def _features(n=32, d=6, seed=0):
@@ -187,15 +188,12 @@ def test_scale_gradient_is_the_routing_primitive():
     assert torch.equal(x.grad, torch.full((3,), -2.0))
 
 
-def _bottleneck_truth(mu: torch.Tensor, sigma: float, num_samples: int = 20_000) -> float:
-    """Exact I(X; Z) in nats (Monte Carlo) for X uniform over the rows of ``mu [N, d]`` and Z | X=n ~ N(mu_n, sigma^2 I):
-    E[log p(z | x) - log (1/N) sum_j p(z | x_j)]."""
-    generator = torch.Generator().manual_seed(1)
-    n, d = mu.shape
-    index = torch.randint(0, n, (num_samples,), generator=generator)
-    z = mu[index] + sigma * torch.randn(num_samples, d, generator=generator, dtype=mu.dtype)  # [S, d]
-    log_p = torch.distributions.Normal(mu.unsqueeze(0), sigma).log_prob(z.unsqueeze(1)).sum(-1)  # [S, N]
-    return float((log_p[torch.arange(num_samples), index] - (log_p.logsumexp(1) - math.log(n))).mean())
+def test_gaussian_channel_truth_limits():
+    """The Monte-Carlo truth of the bottleneck check: log N for far-apart heads, 0 when every head is the same."""
+    far = 100.0 * torch.eye(5, dtype=torch.float64)  # [5, 5]
+    assert gaussian_channel_mutual_information(far, 1.0, 2_000) == pytest.approx(math.log(5), abs=1e-9)
+    same = torch.ones(5, 3, dtype=torch.float64)
+    assert gaussian_channel_mutual_information(same, 1.0, 2_000) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("spread", [1.0, 0.02])  # separated clusters (I = log N) and overlapping ones (I < log N)
@@ -206,7 +204,7 @@ def test_bottleneck_memory_marginal_is_within_10_percent_of_the_truth(spread):
     torch.manual_seed(0)
     n, d, sigma = 100, 64, 0.1
     mu = spread * torch.randn(n, d)
-    truth = _bottleneck_truth(mu.double(), sigma)
+    truth = gaussian_channel_mutual_information(mu.double(), sigma)
     options = BottleneckOptions(marginal="memory", memory_size=256, init_sigma=sigma)
     penalty = build_penalty(KNIFEConfig(penalty="information_bottleneck", information_bottleneck=options), d)
     penalty.init_from_samples(mu)
