@@ -7,7 +7,7 @@ Model: a pre-trained encoder, a pooled sentence vector (mean over the attention 
 - ``none``:  z = mu (deterministic; the same layers, the same optimizer, budget and seeds).
 - ``vib``:   z = mu + sigma(mu) * eps, loss = task + vib_beta * KL(N(mu, sigma^2) || N(0, I))   (Alemi et al.)
 - ``knife``: the same stochastic head, loss = task + beta * I_hat(X; Z) with
-             I_hat = h_KNIFE(Z) - h(Z | X)   (h(Z|X) in closed form from sigma; KNIFE fitted along; DESIGN.md §1).
+             I_hat = h_KNIFE(Z) - h(Z | X)   (h(Z|X) in closed form from sigma; KNIFE fitted along; docs/design.md §1).
 
 The two weights differ by default (``--beta 0.001``, ``--vib_beta 0.01``): at 0.01 the KNIFE penalty collapsed z onto
 noise on BBC News (validation accuracy 0.52 against 0.91 at 0.001; ``results/fine_tuning/knife_beta_selection.json``).
