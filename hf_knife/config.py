@@ -119,12 +119,19 @@ class BottleneckOptions:
                        "the training set)"),
     )  # fmt: skip
     memory_size: int = field(default=1024, metadata=_help("examples kept by marginal='memory'"))
+    head_lr: float | None = field(
+        default=None,
+        metadata=_help("learning rate of the head's noise scale (its log-sigma layer), in its own optimizer group with "
+                       "the model's schedule; None: the model's learning rate (at which sigma barely moves)"),
+    )  # fmt: skip
 
     def validate(self) -> None:
         _check_literals(self, "information_bottleneck.")
         _check_number(self.init_sigma, "information_bottleneck.init_sigma", positive=True)
         if isinstance(self.memory_size, bool) or not isinstance(self.memory_size, int) or self.memory_size < 1:
             raise ValueError(f"information_bottleneck.memory_size must be a positive integer, got {self.memory_size!r}")
+        if self.head_lr is not None:
+            _check_number(self.head_lr, "information_bottleneck.head_lr", positive=True)
 
 
 @dataclass
@@ -169,6 +176,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "budget_smoothing": ("budget", "smoothing"),
     "ib_marginal": ("information_bottleneck", "marginal"),
     "ib_memory_size": ("information_bottleneck", "memory_size"),
+    "ib_head_lr": ("information_bottleneck", "head_lr"),
 }
 
 

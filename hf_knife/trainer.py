@@ -101,6 +101,7 @@ class KNIFETrainingArguments(TrainingArguments):
     knife_budget_smoothing: float = _flat("budget_smoothing")
     knife_ib_marginal: Literal["kernel", "memory"] = _flat("ib_marginal")
     knife_ib_memory_size: int = _flat("ib_memory_size")
+    knife_ib_head_lr: float | None = _flat("ib_head_lr")
 
     def to_knife_config(self) -> KNIFEConfig | None:
         """The KNIFEConfig described by the ``knife_*`` arguments, or None when ``knife_penalty`` is unset."""
@@ -293,23 +294,18 @@ class KNIFETrainer(Trainer):
 
     # ------------------------------------------------------------------ optimizer and scheduler
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's groups, minus the estimator, plus one estimator group (own lr, no weight decay)."""
+        """Trainer's groups, minus the penalty's own groups (:meth:`KNIFEPenalty.optimizer_groups`: the estimator, own
+        lr and no weight decay; the bottleneck head's noise scale with ``head_lr``), plus those groups."""
         optimizer = super().create_optimizer(model)
         knife = get_knife_module(self.model)
         if knife is None or any(group.get("knife_estimator") for group in optimizer.param_groups):
             return optimizer
-        estimator = knife.estimator_parameters()
-        ids = {id(p) for p in estimator}
+        groups = knife.optimizer_groups()
+        ids = {id(p) for group in groups for p in group["params"]}
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in ids]
-        optimizer.add_param_group(
-            {
-                "params": estimator,
-                "lr": self.knife_config.estimator_lr,
-                "weight_decay": 0.0,
-                "knife_estimator": True,
-            }
-        )
+        for group in groups:
+            optimizer.add_param_group(group)
         return optimizer
 
     def _knife_split_parameters(self, model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from conftest import synthetic_dataset, tiny_model, train_losses, training_args
 from transformers import Trainer, TrainerCallback, default_data_collator
 
-from hf_knife.config import KNIFE_CONFIG_NAME, KNIFEConfig, MutualInformationOptions
+from hf_knife.config import KNIFE_CONFIG_NAME, BottleneckOptions, KNIFEConfig, MutualInformationOptions
 from hf_knife.modeling import add_knife, get_knife_module
 from hf_knife.trainer import KNIFETrainer
 
@@ -125,6 +126,35 @@ def test_estimator_group_logging_and_predictions(tmp_path):
     assert labels.shape == gender.shape == (20,)
     metrics = trainer.evaluate(synthetic_dataset(20, seed=3))
     assert "eval_knife/mutual_information" in metrics and "eval_loss" in metrics
+
+
+@pytest.mark.parametrize("marginal", ["kernel", "memory"])
+def test_bottleneck_head_lr_moves_the_noise_scale(tmp_path, marginal):
+    """The head's noise scale gets its own optimizer group with head_lr (the model's schedule); at the model's
+    learning rate it barely moves. The memory marginal trains (its estimator group is empty) and logs a rate below
+    log(memory)."""
+    shifts = {}
+    for head_lr in (None, 0.05):
+        options = BottleneckOptions(marginal=marginal, memory_size=32, head_lr=head_lr)
+        config = KNIFEConfig(penalty="information_bottleneck", representation="pooler", weight=0.1,
+                             information_bottleneck=options, num_components=4)  # fmt: skip
+        trainer = _trainer(tmp_path / f"{marginal}{head_lr}", config, max_steps=12, learning_rate=1e-4,
+                           logging_steps=4)  # fmt: skip
+        head = get_knife_module(trainer.model).head
+        start = head.log_sigma.bias.detach().clone()
+        trainer.train()
+        groups = [g for g in trainer.optimizer.param_groups if g.get("knife_head")]
+        assert len(groups) == (head_lr is not None)
+        if groups:
+            assert groups[0]["initial_lr"] == head_lr and {id(p) for p in groups[0]["params"]} == {
+                id(p) for p in head.parameters()
+            }
+        shifts[head_lr] = float((head.log_sigma.bias.detach() - start).abs().mean())
+        rates = [log["knife/mutual_information"] for log in trainer.state.log_history if "knife/mutual_information" in log]
+        assert rates and all(math.isfinite(r) for r in rates)
+        if marginal == "memory":
+            assert max(rates) <= math.log(32 + 8) + 1e-4  # memory plus the batch's own components
+    assert shifts[0.05] > 20 * shifts[None], shifts
 
 
 def test_bf16_autocast_trains_without_nan(tmp_path):

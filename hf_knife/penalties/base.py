@@ -156,6 +156,12 @@ class KNIFEPenalty(nn.Module):
     def estimator_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.estimator.parameters() if p.requires_grad]
 
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups of the trainer's optimizer that the penalty owns: the estimator's (``estimator_lr``, no
+        weight decay, a constant schedule: ``knife_estimator``)."""
+        return [{"params": self.estimator_parameters(), "lr": self.config.estimator_lr, "weight_decay": 0.0,
+                 "knife_estimator": True}]  # fmt: skip
+
     # ------------------------------------------------------------------ steps and schedule
     def begin_step(self, step: int) -> None:
         """Called before the forwards of optimizer step ``step``; from then on :meth:`end_step` ends each step."""

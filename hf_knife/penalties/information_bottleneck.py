@@ -87,6 +87,14 @@ class InformationBottleneckPenalty(KNIFEPenalty):
         super().reset_parameters()
         self.head.reset_parameters()
 
+    def optimizer_groups(self) -> list[dict]:
+        """The estimator's group, and with ``head_lr`` one for the head's noise scale (the model's schedule)."""
+        groups = super().optimizer_groups()
+        head_lr = self.config.information_bottleneck.head_lr
+        if head_lr is not None:
+            groups.append({"params": list(self.head.parameters()), "lr": head_lr, "knife_head": True})
+        return groups
+
     def transform(self, h: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """``h [B, d]`` -> the sampled ``z [B, d]`` and ``{"mu", "log_sigma"}`` (each ``[B, d]``) for the penalty."""
         z, mu, log_sigma = self.head(h)
