@@ -116,7 +116,8 @@ class BottleneckOptions:
                        "(K = num_components; loose when K is below the number of training examples); 'memory', "
                        "the mixture of the head's own Gaussians over the last memory_size examples "
                        "(hf_knife.estimators.MemoryMixture: I(X;Z) <= log memory_size, exact when the memory holds "
-                       "the training set)"),
+                       "the training set; a measurement more than a training signal: with non-overlapping head "
+                       "Gaussians the exact rate sits at log N and passes almost no gradient)"),
     )  # fmt: skip
     memory_size: int = field(default=1024, metadata=_help("examples kept by marginal='memory'"))
     head_lr: float | None = field(

@@ -8,7 +8,9 @@ head's ``(mu, log sigma)`` of the last ``size`` examples and uses their mixture 
 :func:`~hf_knife.estimators.functional.mixture_log_prob` with components at the memory and bandwidths from the
 head, uniform weights) as the marginal: exact when the memory holds the whole training set with the current head,
 and never above ``log M`` for I(X; Z). Nothing is fitted: the memory is a record, kept in buffers (so checkpoints
-resume it).
+resume it). Being exact has a price: when the examples' Gaussians do not overlap, I(X; Z) sits at log N and is flat,
+so as a penalty it passes almost no gradient (README, "A tight rate is not a training signal"); and means stored by
+earlier versions of a moving encoder make the estimate drift upwards.
 """
 
 from __future__ import annotations
