@@ -23,7 +23,7 @@ from .estimators import (
     SchraudolphKernel,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "KNIFEConfig": "config",
