@@ -29,7 +29,7 @@ class EntropyPenalty(KNIFEPenalty):
     def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
         super().__init__(config, hidden_size, source)
         self.estimator = MarginalKernel(self.dim, **self.kernel_options())
-        self.sign = 1.0 if config.entropy.direction == "lower" else -1.0
+        self.sign = self.budget_sign()  # +1: lower h(Z); -1: raise it
         self._finish_init()
 
     def budget_sign(self) -> float:

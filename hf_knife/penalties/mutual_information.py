@@ -53,15 +53,6 @@ class MutualInformationPenalty(KNIFEPenalty):
     budget_metric = "mutual_information"
     metric_names = ("mutual_information", "marginal_entropy", "conditional_entropy", "estimator_nll")
 
-    @classmethod
-    def check_config(cls, config: KNIFEConfig) -> None:
-        options = config.mutual_information
-        if options.fit != "likelihood" and options.marginal != "mixture":
-            raise ValueError(
-                f"mutual_information.fit={options.fit!r} needs marginal='mixture' (the posterior of a separate "
-                f"marginal kernel is not normalised), got marginal={options.marginal!r}"
-            )
-
     def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
         super().__init__(config, hidden_size, source)
         options = config.mutual_information
