@@ -82,9 +82,33 @@ class MutualInformationOptions:
                        "pushing estimates below zero while the estimator lags (the logged I(Z;S) stays the raw "
                        "difference)"),
     )  # fmt: skip
+    given: Literal["nothing", "labels"] = field(
+        default="nothing",
+        metadata=_help("'nothing' penalises I(Z;S); 'labels' penalises I(Z;S | Y), the information about S beyond what "
+                       "the task label Y carries (separation / equalised odds, the conditional adversary of Zhang et "
+                       "al. 2018): one class kernel per (label, S) pair, the model's labels passed to the penalty. A "
+                       "representation of the task alone costs ~0 however S and Y are correlated, and "
+                       "I(Z;S) <= I(Z;S|Y) + I(Y;S) bounds the unconditional leakage"),
+    )  # fmt: skip
+    num_label_classes: int | None = field(
+        default=None,
+        metadata=_help("with given='labels', the number of task classes (add_knife takes the model's num_labels)"),
+    )  # fmt: skip
 
     def validate(self) -> None:
         _check_literals(self, "mutual_information.")
+        if self.num_label_classes is not None and (
+            isinstance(self.num_label_classes, bool) or not isinstance(self.num_label_classes, int)
+            or self.num_label_classes < 2
+        ):
+            raise ValueError(
+                f"mutual_information.num_label_classes must be an integer >= 2, got {self.num_label_classes!r}"
+            )
+        if self.given == "labels" and self.marginal != "mixture":
+            raise ValueError(
+                "mutual_information.given='labels' needs marginal='mixture' (the class kernels of each label form "
+                f"the label's marginal), got marginal={self.marginal!r}"
+            )
         if self.fit != "likelihood" and self.marginal != "mixture":
             raise ValueError(
                 f"mutual_information.fit={self.fit!r} needs marginal='mixture' (the posterior of a separate marginal "
@@ -178,6 +202,8 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "ib_marginal": ("information_bottleneck", "marginal"),
     "ib_memory_size": ("information_bottleneck", "memory_size"),
     "ib_head_lr": ("information_bottleneck", "head_lr"),
+    "mi_given": ("mutual_information", "given"),
+    "mi_num_label_classes": ("mutual_information", "num_label_classes"),
 }
 
 

@@ -84,6 +84,17 @@ class KNIFEModelMixin:
 
     def _knife_attach(self, knife_config: KNIFEConfig) -> None:
         knife_config.validate()
+        options = knife_config.mutual_information
+        if options.given == "labels" and options.num_label_classes is None:  # I(Z;S|Y): the task's classes
+            num_labels = getattr(self.config, "num_labels", None)
+            if not num_labels or num_labels < 2:
+                raise ValueError(
+                    f"mutual_information.given='labels' needs a classifier: {type(self).__name__} has num_labels="
+                    f"{num_labels}; set mutual_information.num_label_classes"
+                )
+            knife_config = dataclasses.replace(
+                knife_config, mutual_information=dataclasses.replace(options, num_label_classes=num_labels)
+            )
         self.knife_representation = Representation.from_config(self, knife_config)
         rep = self.knife_representation
         if rep.dim is None:
@@ -133,9 +144,13 @@ class KNIFEModelMixin:
             raise RuntimeError(
                 f"the representation source ({knife.source}) was not called during the forward pass"
             )
-        if sensitive is None and knife.config.needs_sensitive and not self.training:
-            return outputs  # inference without S: no penalty
-        penalty = self.knife(capture.features, sensitive, **capture.extra)
+        needs_labels = getattr(knife, "needs_labels", False)
+        if not self.training and knife.config.needs_sensitive and (
+            sensitive is None or (needs_labels and kwargs.get("labels") is None)
+        ):
+            return outputs  # inference without S (or without the labels I(Z;S|Y) needs): no penalty
+        extra = {**capture.extra, "labels": kwargs.get("labels")} if needs_labels else capture.extra
+        penalty = self.knife(capture.features, sensitive, **extra)
         fields = knife_output_fields()
         values = {f"knife_{k}": v for k, v in penalty.metrics.items() if f"knife_{k}" in fields}
         values["knife_loss"] = penalty.loss.detach()

@@ -102,6 +102,8 @@ class KNIFETrainingArguments(TrainingArguments):
     knife_ib_marginal: Literal["kernel", "memory"] = _flat("ib_marginal")
     knife_ib_memory_size: int = _flat("ib_memory_size")
     knife_ib_head_lr: float | None = _flat("ib_head_lr")
+    knife_mi_given: Literal["nothing", "labels"] = _flat("mi_given")
+    knife_mi_num_label_classes: int | None = _flat("mi_num_label_classes")
 
     def to_knife_config(self) -> KNIFEConfig | None:
         """The KNIFEConfig described by the ``knife_*`` arguments, or None when ``knife_penalty`` is unset."""
@@ -402,7 +404,8 @@ class KNIFETrainer(Trainer):
     def _knife_initialize_at(self, model: nn.Module, loader: DataLoader, config: KNIFEConfig, knife: Any) -> None:
         """Collect the features of ``loader`` and initialise the estimator (inside a forked RNG: training then
         draws the same random numbers as a plain Trainer's)."""
-        features, sensitive = [], []
+        features, sensitive, labels = [], [], []
+        needs_labels = getattr(knife, "needs_labels", False)
         for batch in loader:
             batch = self._prepare_inputs(batch)
             s = batch.pop(config.sensitive_column, None) if config.sensitive_column else None
@@ -410,8 +413,11 @@ class KNIFETrainer(Trainer):
                 features.append(model.knife_features(**batch).float())
             if config.needs_sensitive:
                 sensitive.append(s)
+            if needs_labels:
+                labels.append(batch.get("labels"))
+        extra = {"labels": torch.cat(labels) if None not in labels else None} if needs_labels else {}
         try:
-            knife.init_from_samples(torch.cat(features), torch.cat(sensitive) if sensitive else None)
+            knife.init_from_samples(torch.cat(features), torch.cat(sensitive) if sensitive else None, **extra)
         except FloatingPointError as error:
             raise FloatingPointError(
                 f"while initialising the KNIFE estimator from the first {len(loader.dataset)} training examples "

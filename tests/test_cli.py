@@ -145,6 +145,8 @@ NON_DEFAULT = [
     KNIFEConfig(penalty="information_bottleneck", representation="module", module_name="bert.pooler",
                 mutual_information=MutualInformationOptions(marginal="kernel"), target=0.02,
                 budget=BudgetOptions(rate=0.3, smoothing=0.5)),
+    KNIFEConfig(sensitive_column="gender", mutual_information=MutualInformationOptions(
+        fit="posterior", given="labels", num_label_classes=4)),
 ]  # fmt: skip
 
 

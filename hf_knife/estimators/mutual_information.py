@@ -81,8 +81,8 @@ class MIEstimator(nn.Module):
         """Mixture size ``K`` of the kernels."""
         return self.conditional.num_components
 
-    def marginal_log_prob(self, x: Tensor) -> Tensor:
-        """``log q(x)``: ``[B, dim] -> [B]``."""
+    def marginal_log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """``log q(x)``: ``[B, dim] -> [B]`` (``y`` only for estimators conditional on a group, which read it)."""
         raise NotImplementedError
 
     def conditional_log_prob(self, x: Tensor, y: Tensor) -> Tensor:
@@ -91,7 +91,7 @@ class MIEstimator(nn.Module):
 
     def pointwise(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample ``(-log q(x), -log q(x | y))``, each ``[B]``."""
-        return -self.marginal_log_prob(x), -self.conditional_log_prob(x, y)
+        return -self.marginal_log_prob(x, y), -self.conditional_log_prob(x, y)
 
     def forward(self, x: Tensor, y: Tensor) -> KNIFEOutput:
         """Estimate on a batch; ``loss`` is the fitting loss ``a h_hat(X) + b h_hat(X | Y)``."""
@@ -155,8 +155,8 @@ class KNIFEEstimator(
     def is_discrete(self) -> bool:
         return self.num_classes is not None
 
-    def marginal_log_prob(self, x: Tensor) -> Tensor:
-        """``log q(x)`` of the marginal kernel: ``[B, dim] -> [B]``."""
+    def marginal_log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """``log q(x)`` of the marginal kernel: ``[B, dim] -> [B]`` (``y`` unused)."""
         return self.marginal.log_prob(x)
 
     def conditional_log_prob(self, x: Tensor, y: Tensor) -> Tensor:
@@ -180,24 +180,43 @@ class MixtureMIEstimator(MIEstimator):
     Same interface as :class:`KNIFEEstimator` (:class:`MIEstimator`, ``conditional``, ``init_from_samples``);
     the fitting loss is ``h_hat(X) + h_hat(X | S)`` (``fit="likelihood"``) or the cross-entropy of the class
     posterior, ``h_hat(X | S) - h_hat(X)`` (``fit="posterior"``); see :data:`FIT_OBJECTIVES`.
+
+    With ``num_groups = G > 1`` it estimates the conditional ``I(X; S | G) = h(X | G) - h(X | S, G)``: one class kernel
+    per pair ``(g, s)``, labels are the joint ids ``g * num_classes + s``, ``p(s | g)`` is the prior and the
+    "marginal" of a sample is its group's mixture ``q(x | g) = sum_s p(s | g) q(x | g, s)``.
     """
 
-    def __init__(self, dim: int, num_classes: int, fit: str = "likelihood", **options) -> None:
+    def __init__(self, dim: int, num_classes: int, fit: str = "likelihood", num_groups: int = 1, **options) -> None:
         super().__init__()
         if fit not in FIT_OBJECTIVES:
             raise ValueError(f"fit must be one of {tuple(FIT_OBJECTIVES)}, got {fit!r}")
-        self.num_classes, self.fit = num_classes, fit
+        if num_groups < 1:
+            raise ValueError(f"num_groups must be a positive integer, got {num_groups}")
+        self.num_classes, self.num_groups, self.fit = num_classes, num_groups, fit
         self.fit_coefficients = FIT_OBJECTIVES[fit]
-        self.conditional = DiscreteConditionalKernel(dim, num_classes, **options)
-        self.register_buffer("log_prior", torch.full((num_classes,), -math.log(num_classes)))
+        self.conditional = DiscreteConditionalKernel(dim, num_classes * num_groups, **options)
+        self.register_buffer("log_prior", torch.full((num_classes * num_groups,), -math.log(num_classes)))
 
     def all_log_probs(self, x: Tensor) -> Tensor:
-        """``log q(x | s)`` for every class: ``[B, d] -> [B, C]`` (one GEMM for all classes)."""
+        """``log q(x | s)`` for every class (every pair ``(g, s)``): ``[B, d] -> [B, G * C]`` (one GEMM)."""
         return self.conditional.log_prob_per_class(x)
 
-    def marginal_log_prob(self, x: Tensor) -> Tensor:
-        """``log q(x) = logsumexp_s(log p(s) + log q(x | s))``: ``[B]``."""
-        return torch.logsumexp(self.all_log_probs(x) + self.log_prior.to(x.dtype), dim=1)
+    def _group_log_probs(self, joint: Tensor, labels: Tensor | None) -> Tensor:
+        """``log q(x | g)`` of each sample's group from ``joint = log p(s | g) + log q(x | g, s)`` ``[B, G * C]``."""
+        if self.num_groups == 1:
+            return torch.logsumexp(joint, dim=1)  # [B]
+        if labels is None:
+            raise ValueError(
+                f"this estimator of I(X; S | G) ({self.num_groups} groups) needs the joint labels g * C + s to "
+                "pick each sample's group"
+            )
+        per_group = torch.logsumexp(joint.view(joint.shape[0], self.num_groups, self.num_classes), dim=2)  # [B, G]
+        return per_group.gather(1, (labels.long() // self.num_classes).unsqueeze(1)).squeeze(1)  # [B]
+
+    def marginal_log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``log q(x) = logsumexp_s(log p(s) + log q(x | s))``: ``[B]`` (``log q(x | g)`` with groups: ``labels``
+        are then needed, their group is used)."""
+        return self._group_log_probs(self.all_log_probs(x) + self.log_prior.to(x.dtype), labels)
 
     def conditional_log_prob(self, x: Tensor, labels: Tensor) -> Tensor:
         """``log q(x | s)`` of each sample's own class: ``x [B, d]``, ``labels [B]`` -> ``[B]``."""
@@ -205,22 +224,24 @@ class MixtureMIEstimator(MIEstimator):
 
     def pointwise(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample ``(-log q(x), -log q(x | s))``, each ``[B]`` (one evaluation of the class kernels)."""
-        all_log_probs = self.all_log_probs(x)  # [B, C]
-        marginal = torch.logsumexp(all_log_probs + self.log_prior.to(all_log_probs.dtype), dim=1)  # [B]
+        all_log_probs = self.all_log_probs(x)  # [B, G * C]
+        marginal = self._group_log_probs(all_log_probs + self.log_prior.to(all_log_probs.dtype), labels)  # [B]
         conditional = all_log_probs.gather(1, labels.long().unsqueeze(1)).squeeze(1)  # [B]
         return -marginal, -conditional
 
     @torch.no_grad()
     def reset_parameters(self, init_std: float = 1.0, init_bandwidth: float = 1.0) -> None:
-        """Uniform prior ``log p(s) = -log C`` and the class kernels as their constructor sets them."""
+        """Uniform prior ``log p(s | g) = -log C`` and the class kernels as their constructor sets them."""
         init_functions().constant_(self.log_prior, -math.log(self.num_classes))
         super().reset_parameters(init_std, init_bandwidth)
 
     @torch.no_grad()
     def init_from_samples(self, x: Tensor, labels: Tensor) -> MixtureMIEstimator:
-        """Class priors from (add-one smoothed) frequencies; each class kernel from its samples."""
-        counts = torch.bincount(labels.long(), minlength=self.num_classes).double() + 1.0  # [C]
-        self.log_prior.copy_((counts / counts.sum()).log().to(self.log_prior.dtype))
+        """Class priors from (add-one smoothed) frequencies (within each group); each class kernel from its
+        samples."""
+        total = self.num_classes * self.num_groups
+        counts = torch.bincount(labels.long(), minlength=total).double().view(self.num_groups, -1) + 1.0  # [G, C]
+        self.log_prior.copy_((counts / counts.sum(1, keepdim=True)).log().flatten().to(self.log_prior.dtype))
         self.conditional.init_from_samples(x, labels)
         return self
 
@@ -484,6 +505,7 @@ def build_mi_estimator(
     fit: str = "likelihood",
     readout: str = "likelihood",
     hidden_dims: Sequence[int] = (128, 128),
+    num_groups: int = 1,
     **kernel_options: Any,
 ) -> MIEstimator:
     """The KNIFE estimator of I(X; Y) for ``x [B, dim]`` and a discrete (``num_classes``) or continuous
@@ -501,6 +523,10 @@ def build_mi_estimator(
     check_choice(readout, "readout", MI_READOUTS)
     if num_classes is not None and cond_dim is None:
         if marginal == "mixture":
+            if num_groups > 1:
+                if readout != "likelihood":
+                    raise ValueError(f"readout={readout!r} does not take groups (num_groups={num_groups})")
+                return MixtureMIEstimator(dim, num_classes, fit=fit, num_groups=num_groups, **kernel_options)
             estimator_class = CalibratedMixtureMIEstimator if readout == "calibrated" else MixtureMIEstimator
             return estimator_class(dim, num_classes, fit=fit, **kernel_options)
         if fit != "likelihood" or readout != "likelihood":

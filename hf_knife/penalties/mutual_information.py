@@ -44,8 +44,8 @@ def check_sensitive_labels(penalty: KNIFEPenalty, sensitive: Tensor | None, batc
 
 @PENALTY_REGISTRY.register("mutual_information")
 class MutualInformationPenalty(KNIFEPenalty):
-    """Minimise ``I(Z; S) = h(Z) - h(Z | S)``; options in ``config.mutual_information`` (marginal, fit,
-    positive_part)."""
+    """Minimise ``I(Z; S) = h(Z) - h(Z | S)`` (or ``I(Z; S | Y)`` with ``given='labels'``); options in
+    ``config.mutual_information`` (marginal, fit, positive_part, given)."""
 
     name = "mutual_information"
     needs_sensitive = True
@@ -53,16 +53,32 @@ class MutualInformationPenalty(KNIFEPenalty):
     budget_metric = "mutual_information"
     metric_names = ("mutual_information", "marginal_entropy", "conditional_entropy", "estimator_nll")
 
+    @classmethod
+    def check_config(cls, config: KNIFEConfig) -> None:
+        if config.mutual_information.given == "labels" and config.sensitive_type != "discrete":
+            raise ValueError(
+                "mutual_information.given='labels' (I(Z;S|Y)) needs a discrete S (sensitive_type='discrete'), got "
+                f"sensitive_type={config.sensitive_type!r}"
+            )
+
     def __init__(self, config: KNIFEConfig, hidden_size: int, source: str = "Z") -> None:
         super().__init__(config, hidden_size, source)
         options = config.mutual_information
+        self.num_groups = 1  # > 1: I(Z;S|Y), the sensitive ids become joint ids y * C + s
         if config.sensitive_type == "discrete":
             if config.num_sensitive_classes is None:
                 raise ValueError(
                     "mutual_information with a discrete S needs num_sensitive_classes (KNIFETrainer infers it from "
                     "the sensitive column of the training data)"
                 )
-            condition = dict(num_classes=config.num_sensitive_classes)
+            if options.given == "labels":
+                if options.num_label_classes is None:
+                    raise ValueError(
+                        "mutual_information.given='labels' needs num_label_classes, the number of task classes "
+                        "(add_knife takes the model's config.num_labels)"
+                    )
+                self.num_groups = options.num_label_classes
+            condition = dict(num_classes=config.num_sensitive_classes, num_groups=self.num_groups)
         else:
             condition = dict(cond_dim=config.sensitive_dim, hidden_dims=tuple(config.hidden_dims))
         self.estimator = build_mi_estimator(
@@ -70,7 +86,42 @@ class MutualInformationPenalty(KNIFEPenalty):
         )
         self._finish_init()
 
+    @property
+    def needs_labels(self) -> bool:
+        """Whether the penalty reads the task labels (``given='labels'``)."""
+        return self.num_groups > 1
+
+    def joint_labels(self, sensitive: Tensor | None, labels: Tensor | None, batch: int) -> Tensor | None:
+        """``[B]`` joint ids ``y * C + s`` from the sensitive classes ``s`` and task labels ``y`` (``given='labels'``);
+        ``sensitive`` unchanged otherwise."""
+        if not self.needs_labels or sensitive is None:
+            return sensitive
+        s = check_sensitive_labels(self, sensitive, batch)
+        if labels is None:
+            raise ValueError(
+                "the mutual_information penalty with given='labels' estimates I(Z;S|Y) and needs the task labels: "
+                "pass labels=... to the model (KNIFETrainer passes the dataset's label column)"
+            )
+        y = check_labels(torch.as_tensor(labels), "task labels", self.num_groups, length=batch)
+        return y * self.config.num_sensitive_classes + s
+
+    def forward(
+        self, features: Tensor, sensitive: Tensor | None = None, labels: Tensor | None = None, **extra: Tensor
+    ) -> PenaltyOutput:
+        """As :meth:`KNIFEPenalty.forward`; ``labels [B]`` (the task's class ids) with ``given='labels'``."""
+        return super().forward(features, self.joint_labels(sensitive, labels, features.shape[0]), **extra)
+
+    @torch.no_grad()
+    def init_from_samples(
+        self, features: Tensor, sensitive: Tensor | None = None, labels: Tensor | None = None
+    ) -> MutualInformationPenalty:
+        """As :meth:`KNIFEPenalty.init_from_samples`; ``labels [N]`` with ``given='labels'``."""
+        return super().init_from_samples(features, self.joint_labels(sensitive, labels, features.shape[0]))
+
     def check_sensitive(self, sensitive: Tensor | None, batch: int) -> Tensor:
+        if self.needs_labels and sensitive is not None:  # joint ids, checked by joint_labels
+            classes = self.config.num_sensitive_classes * self.num_groups
+            return check_labels(sensitive, "joint (label, sensitive) ids", classes, length=batch)
         return check_sensitive_labels(self, sensitive, batch)
 
     def init_estimator(self, z: Tensor, sensitive: Tensor | None) -> None:
@@ -85,12 +136,12 @@ class MutualInformationPenalty(KNIFEPenalty):
         scale = torch.full(z.shape[:1], weight, device=z.device)  # [B]
         if positive_part:
             with torch.no_grad():  # which samples have a positive pointwise MI (invariant to standardisation)
-                pointwise = estimator.conditional_log_prob(z, sensitive) - estimator.marginal_log_prob(z)  # [B]
+                pointwise = estimator.conditional_log_prob(z, sensitive) - estimator.marginal_log_prob(z, sensitive)  # [B]
             scale = scale * (pointwise > 0)
         # the estimator gets the gradient of its fitting loss a h(Z) + b h(Z|S); the rows of z are scaled so that
         # z gets w * grad (h(Z) - h(Z|S)) whatever (a, b) are
         a, b = estimator.fit_coefficients
-        marginal_nll = -estimator.marginal_log_prob(scale_rows(z, scale / a))  # [B]: z gets +w * grad h
+        marginal_nll = -estimator.marginal_log_prob(scale_rows(z, scale / a), sensitive)  # [B]: z gets +w grad h
         conditional_nll = -estimator.conditional_log_prob(scale_rows(z, -scale / b), sensitive)  # [B]
         h_marginal, h_conditional = marginal_nll.mean(), conditional_nll.mean()
         mutual_information = h_marginal - h_conditional
