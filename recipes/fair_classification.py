@@ -63,6 +63,7 @@ from common.fair_audit import (
     merge_results,
     parse_method,
     print_summary,
+    recommend,
     score_run,
     summarise,
     write_results,
@@ -131,7 +132,10 @@ class FairClassificationArguments:
     audit_bootstrap: int = option(1000, "bootstrap replicates for the intervals")
     mi_pca_dim: int = option(16, "the final I(Z;S) estimate is KNIFE's on Z projected to this many principal axes")
     max_accuracy_drop: float = option(0.02, "--push_to_hub: push the knife model with the largest weight whose "
-                                            "validation accuracy is within this of none's")
+                                            "validation accuracy is within this of none's; the recommendation "
+                                            "prefers the cheaper method within this of the most accurate")
+    max_leakage: float = option(0.02, "the recommendation: the most accurate setting whose validation leakage "
+                                      "(strongest attacker - majority rate) is at most this")
     merge_from: str | None = option(None, "comma-separated output folders of earlier runs (e.g. methods or seeds run in "
                                           "parallel): merge their results.json rows into --output_dir (table, summary, "
                                           "plot); no training")
@@ -378,7 +382,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if main_process:
                 write_results(rows, summarise(rows), Path(args.output_dir), config)
     if main_process:
-        print_summary(summarise(rows))
+        summary = summarise(rows)
+        print_summary(summary)
+        _, reason = recommend(summary, script.max_leakage, script.max_accuracy_drop)
+        print(f"\nrecommended (chosen on the validation split): {reason}")
         print(f"\nresults: {Path(args.output_dir) / 'results.csv'}, plot: {Path(args.output_dir) / 'tradeoff.png'}")
     if args.push_to_hub:
         if best is None:

@@ -323,3 +323,26 @@ def test_check_task_refuses_a_single_group_in_the_test_split():
     one_group = Dataset.from_dict({"text": ["a b", "c d"], "label": [0, 1], "gender": [1, 1]})
     with pytest.raises(ValueError, match="single value \\(1\\) in test"):
         recipe.check_task(DatasetDict(train=split, validation=split, test=one_group), "gender")
+
+
+def test_recommend_selects_on_validation_and_prefers_the_cheaper_method():
+    from common.fair_audit import recommend
+
+    def entry(method, val_accuracy, val_leakage, accuracy=0.0, target=None, weight=0.0):
+        return dict(method=method, weight=weight, target=target, val_accuracy=val_accuracy, val_leakage=val_leakage,
+                    accuracy=accuracy)  # fmt: skip
+
+    summary = [
+        entry("none", 0.60, 0.15, accuracy=0.99),  # the best test accuracy must not matter
+        entry("leace", 0.575, 0.010),
+        entry("knife", 0.580, 0.005, target=0.01, weight=1.0),
+        entry("adversarial", 0.50, 0.0, weight=1.0),
+    ]
+    best, reason = recommend(summary, max_leakage=0.02, max_accuracy_drop=0.01)
+    assert best["method"] == "leace" and "leace" in reason  # within 0.01 of knife's 0.580 and cheaper
+    best, reason = recommend(summary, max_leakage=0.02, max_accuracy_drop=0.001)
+    assert best["method"] == "knife" and "target 0.01" in reason
+    best, reason = recommend(summary, max_leakage=-0.01, max_accuracy_drop=0.01)
+    assert best["method"] == "adversarial" and "no setting" in reason
+    with pytest.raises(ValueError, match="no summary entry"):
+        recommend([dict(method="none", weight=0.0, accuracy=0.5)], 0.02, 0.01)

@@ -170,6 +170,10 @@ def score_run(
     for name, result in audit.attackers.items():
         row[f"{name}_accuracy"] = result.accuracy
         row[f"{name}_leakage"] = result.leakage
+    # the same attackers scored on the validation split: what --max_leakage selects on (never the test split)
+    val_audit = audit_leakage(z_train, s_train, z["validation"], np.asarray(data["validation"][sensitive]),
+                              attackers=attackers, seed=seed, ci_method="wilson", progress=False)  # fmt: skip
+    row["val_leakage"] = val_audit.leakage
     row["audit"] = {
         "dropped": audit.dropped,
         "dropped_note": audit.dropped_note,
@@ -188,7 +192,8 @@ def score_run(
 
 
 # ----------------------------------------------------------------------------------------------- reporting
-SUMMARY_KEYS = ("accuracy", "macro_f1", "attacker_accuracy", "leakage", "tpr_gap", "dp_diff", "eo_diff", "mi_estimate")
+SUMMARY_KEYS = ("accuracy", "macro_f1", "attacker_accuracy", "leakage", "tpr_gap", "dp_diff", "eo_diff", "mi_estimate",
+                "val_accuracy", "val_leakage")
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -278,6 +283,43 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
         print(f"{e['method']:<18} {weight:>8} {e['num_seeds']:>5} {e['accuracy']:>9.3f} {e['macro_f1']:>9.3f} "
               f"{e['attacker_accuracy']:>9.3f} {e['majority_rate']:>9.3f} {e['leakage']:>+8.3f} "
               f"{e.get('tpr_gap', float('nan')):>8.3f} {e['mi_estimate']:>7.3f}")  # fmt: skip
+
+
+def recommend(summary: list[dict[str, Any]], max_leakage: float, max_accuracy_drop: float) -> tuple[dict, str]:
+    """The method a user should take, chosen on the validation split only: among the settings whose mean validation
+    leakage (strongest attacker - majority) is at most ``max_leakage``, the most accurate on validation, preferring
+    the cheaper method (post-hoc before trained) when validation accuracies are within ``max_accuracy_drop``; if none
+    meets the leakage bound, the least leaky. Returns the summary entry and a one-paragraph reason."""
+    rows = [e for e in summary if e.get("val_leakage") is not None and e.get("val_accuracy") is not None]
+    if not rows:
+        raise ValueError("no summary entry has validation accuracy and leakage to recommend from")
+    cost = {"frozen": 0, "leace": 1, "inlp": 2}  # post-hoc on frozen features: seconds, no training
+    eligible = [e for e in rows if e["val_leakage"] <= max_leakage]
+    if not eligible:
+        best = min(rows, key=lambda e: e["val_leakage"])
+        return best, (
+            f"no setting keeps the validation leakage at or below {max_leakage:+.3f}; the least leaky is "
+            f"{_setting(best)} (validation leakage {best['val_leakage']:+.3f}, accuracy {best['val_accuracy']:.3f})"
+        )
+    top = max(e["val_accuracy"] for e in eligible)
+    close = [e for e in eligible if e["val_accuracy"] >= top - max_accuracy_drop]
+    best = min(close, key=lambda e: (cost.get(e["method"], 3), -e["val_accuracy"]))
+    others = ", ".join(f"{_setting(e)} {e['val_accuracy']:.3f}" for e in sorted(eligible, key=lambda e: -e["val_accuracy"])
+                       if e is not best)  # fmt: skip
+    none = next((e for e in rows if e["method"] == "none"), None)
+    versus = (f"; `none` reads {none['val_accuracy']:.3f} at leakage {none['val_leakage']:+.3f}" if none else "")
+    return best, (
+        f"{_setting(best)}: validation accuracy {best['val_accuracy']:.3f} at validation leakage "
+        f"{best['val_leakage']:+.3f} (<= {max_leakage:+.3f}); the cheapest setting within {max_accuracy_drop:.3f} of the "
+        f"most accurate one under the leakage bound (others under it: {others or 'none'}){versus}"
+    )
+
+
+def _setting(entry: dict[str, Any]) -> str:
+    if entry.get("target") is not None:
+        return f"{entry['method']} (target {entry['target']:g} nats)"
+    return entry["method"] if entry["method"] in ("none", "frozen", "leace", "inlp") else (
+        f"{entry['method']} (weight {entry['weight']:g})")
 
 
 def audit_markdown(row: dict[str, Any], audit: Any) -> str:
