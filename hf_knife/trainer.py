@@ -102,6 +102,7 @@ class KNIFETrainingArguments(TrainingArguments):
     knife_ib_marginal: Literal["kernel", "memory"] = _flat("ib_marginal")
     knife_ib_memory_size: int = _flat("ib_memory_size")
     knife_ib_head_lr: float | None = _flat("ib_head_lr")
+    knife_mi_calibrate: bool = _flat("mi_calibrate")
     knife_mi_given: Literal["nothing", "labels"] = _flat("mi_given")
     knife_mi_num_label_classes: int | None = _flat("mi_num_label_classes")
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..estimators import build_mi_estimator
+from ..estimators.mutual_information import calibrated_log_posterior, fit_temperature
 from ..estimators.validation import check_labels
 from ..registry import PENALTY_REGISTRY
 from .base import KNIFEPenalty, PenaltyOutput, scale_rows, value_with_grad
@@ -51,10 +52,15 @@ class MutualInformationPenalty(KNIFEPenalty):
     needs_sensitive = True
     supports_target = True
     budget_metric = "mutual_information"
-    metric_names = ("mutual_information", "marginal_entropy", "conditional_entropy", "estimator_nll")
+    metric_names = ("mutual_information", "marginal_entropy", "conditional_entropy", "estimator_nll", "temperature")
 
     @classmethod
     def check_config(cls, config: KNIFEConfig) -> None:
+        if config.mutual_information.calibrate and config.sensitive_type != "discrete":
+            raise ValueError(
+                "mutual_information.calibrate tempers a class posterior and needs a discrete S (sensitive_type="
+                f"'discrete'), got sensitive_type={config.sensitive_type!r}"
+            )
         if config.mutual_information.given == "labels" and config.sensitive_type != "discrete":
             raise ValueError(
                 "mutual_information.given='labels' (I(Z;S|Y)) needs a discrete S (sensitive_type='discrete'), got "
@@ -131,6 +137,8 @@ class MutualInformationPenalty(KNIFEPenalty):
         return self.estimator(z, sensitive).loss
 
     def compute(self, z: Tensor, sensitive: Tensor | None, weight: float) -> PenaltyOutput:
+        if self.config.mutual_information.calibrate:
+            return self.compute_calibrated(z, sensitive, weight)
         estimator = self.estimator
         positive_part = self.config.mutual_information.positive_part
         scale = torch.full(z.shape[:1], weight, device=z.device)  # [B]
@@ -155,3 +163,42 @@ class MutualInformationPenalty(KNIFEPenalty):
             "estimator_nll": fit.detach(),
         }
         return PenaltyOutput(loss=value_with_grad(weight * penalty, fit), metrics=metrics)
+
+    def compute_calibrated(self, z: Tensor, labels: Tensor, weight: float) -> PenaltyOutput:
+        """``calibrate=True``: the estimator gets the gradient of its fitting loss on detached ``z [B, dim]``; ``z``
+        gets ``w * grad mean_n log q_T(s_n | z_n) / p(s_n)`` with the estimator frozen, ``T`` fitted on this batch
+        (:func:`~hf_knife.estimators.mutual_information.fit_temperature`; with ``given='labels'`` the posterior of
+        S within each sample's label)."""
+        estimator = self.estimator
+        a, b = estimator.fit_coefficients
+        marginal_nll, conditional_nll = estimator.pointwise(z.detach(), labels)  # [B] each: the estimator's graph
+        h_marginal, h_conditional = marginal_nll.mean(), conditional_nll.mean()
+        fit = a * h_marginal + b * h_conditional
+        frozen = [p for p in estimator.parameters() if p.requires_grad]
+        for p in frozen:  # the model's graph: z only
+            p.requires_grad_(False)
+        try:
+            class_log_probs = estimator.all_log_probs(z)  # [B, G * C]
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        classes = estimator.num_classes
+        group = labels // classes  # [B]
+        rows = torch.arange(z.shape[0], device=z.device)
+        own_group = class_log_probs.view(z.shape[0], -1, classes)[rows, group]  # [B, C]
+        log_prior = estimator.log_prior.to(own_group).view(-1, classes)[group]  # [B, C]
+        s = labels % classes  # [B]
+        temperature = fit_temperature(own_group, s, log_prior)
+        log_posterior = calibrated_log_posterior(own_group, log_prior, temperature)  # [B, C]
+        pointwise = (log_posterior - log_prior).gather(1, s.unsqueeze(1)).squeeze(1)  # [B]
+        mutual_information = pointwise.mean()
+        log_scale = self.standardizer.log_scale()
+        metrics = {
+            "marginal_entropy": (h_marginal + log_scale).detach(),
+            "conditional_entropy": (h_conditional + log_scale).detach(),
+            "mutual_information": mutual_information.detach(),
+            "estimator_nll": fit.detach(),
+            "temperature": torch.tensor(float(temperature), device=z.device),
+        }
+        penalty = weight * mutual_information
+        return PenaltyOutput(loss=value_with_grad(penalty, penalty, fit), metrics=metrics)
