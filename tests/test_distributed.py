@@ -33,16 +33,16 @@ def _compare(a: dict, b: dict) -> None:
         torch.testing.assert_close(b[name].float(), value.float(), atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("gather, budget", [(0, 0), (1, 0), (0, 1)])
-def test_two_processes_match_one(tmp_path, gather, budget):
-    """budget=1: the multiplier (all-reduced estimate, one update per step) is the same too."""
+@pytest.mark.parametrize("gather, budget, calibrate", [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 1, 1)])
+def test_two_processes_match_one(tmp_path, gather, budget, calibrate):
+    """budget=1: the multiplier (all-reduced estimate, one update per step) is the same too; calibrate=1: the
+    batch's temperature is fitted on both processes' rows."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    _run([sys.executable, str(SCRIPT), str(one), "8", str(gather), str(budget)], tmp_path)
-    _run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(two), "4", str(gather), str(budget)],
-        tmp_path,
-    )
+    flags = [str(gather), str(budget), str(calibrate)]
+    batch = 32 if calibrate else 8  # the likelihood-ratio test keeps T > 0 on batches of 32 here, not of 8
+    _run([sys.executable, str(SCRIPT), str(one), str(batch), *flags], tmp_path)
+    _run([torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(two), str(batch // 2), *flags], tmp_path)
     assert json.loads(Path(str(two) + ".json").read_text())["world_size"] == 2
     _compare(torch.load(one), torch.load(two))
     logs_one = json.loads(Path(str(one) + ".json").read_text())["logs"]
@@ -50,6 +50,9 @@ def test_two_processes_match_one(tmp_path, gather, budget):
     assert len(logs_one) == len(logs_two) == 3
     for a, b in zip(logs_one, logs_two):  # knife/* scalars are averaged over processes
         assert b["knife/estimator_nll"] == pytest.approx(a["knife/estimator_nll"], rel=1e-3, abs=1e-3)
+    if calibrate:
+        temperatures = [[e["knife/temperature"] for e in logs] for logs in (logs_one, logs_two)]
+        assert max(temperatures[0]) > 0 and temperatures[1] == pytest.approx(temperatures[0], rel=1e-4)
     if budget:
         one_state, two_state = torch.load(one), torch.load(two)
         assert int(one_state["knife.budget.count"]) == int(two_state["knife.budget.count"]) == 3

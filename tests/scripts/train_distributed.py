@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from conftest import synthetic_dataset, tiny_model, training_args  # noqa: E402
 from transformers import default_data_collator  # noqa: E402
 
-from hf_knife.config import BudgetOptions, KNIFEConfig  # noqa: E402
+from hf_knife.config import BudgetOptions, KNIFEConfig, MutualInformationOptions  # noqa: E402
 from hf_knife.trainer import KNIFETrainer  # noqa: E402
 
 
@@ -26,6 +26,8 @@ def main() -> None:
     faulthandler.enable(all_threads=True)  # an abort prints every thread's Python stack to stderr
     output, batch, gather = sys.argv[1], int(sys.argv[2]), bool(int(sys.argv[3]))
     budget = dict(target=0.01, budget=BudgetOptions(rate=0.1)) if len(sys.argv) > 4 and int(sys.argv[4]) else {}
+    if len(sys.argv) > 5 and int(sys.argv[5]):  # the calibrated estimate: one temperature over all processes
+        budget["mutual_information"] = MutualInformationOptions(fit="posterior", positive_part=False, calibrate=True)
     config = KNIFEConfig(sensitive_column="gender", num_components=4, gather_features=gather, **budget)
     trainer = KNIFETrainer(
         model=tiny_model("bert"),
