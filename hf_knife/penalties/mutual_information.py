@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..distributed import all_gather_with_grad, is_distributed
 from ..estimators import build_mi_estimator
 from ..estimators.mutual_information import calibrated_log_posterior, fit_temperature
-from ..distributed import all_gather_with_grad, is_distributed
 from ..estimators.validation import check_labels
 from ..registry import PENALTY_REGISTRY
 from .base import KNIFEPenalty, PenaltyOutput, scale_rows, value_with_grad
