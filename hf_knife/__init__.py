@@ -23,7 +23,7 @@ from .estimators import (
     SchraudolphKernel,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _LAZY = {
     "KNIFEConfig": "config",

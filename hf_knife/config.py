@@ -62,7 +62,8 @@ def _check_number(value: Any, name: str, low: float | None = None, *, positive: 
 
 @dataclass
 class MutualInformationOptions:
-    """Options of the ``mutual_information`` penalty with a discrete S."""
+    """Options of the ``mutual_information`` penalty with a discrete S (a continuous S ignores them, except
+    ``given``, which needs a discrete S)."""
 
     marginal: Literal["mixture", "kernel"] = field(
         default="mixture",
@@ -70,27 +71,27 @@ class MutualInformationOptions:
                        "frequencies (I(Z;S) <= H(S), low variance); 'kernel' fits a separate marginal KNIFE"),
     )  # fmt: skip
     fit: Literal["likelihood", "posterior"] = field(
-        default="likelihood",
+        default="posterior",
         metadata=_help("with the 'mixture' marginal, how the class kernels are fitted. 'likelihood': h(Z) + h(Z|S), "
                        "both NLLs (the KNIFE fit); 'posterior': the cross-entropy of the class posterior q(s|z), i.e. "
                        "maximise the estimate I(Z;S) = H(S) - CE (a Barber-Agakov bound), the objective an "
                        "adversary is trained on"),
     )  # fmt: skip
     positive_part: bool = field(
-        default=True,
+        default=False,
         metadata=_help("penalise mean_n max(0, pointwise MI) instead of its mean, so the model gains nothing by "
                        "pushing estimates below zero while the estimator lags (the logged I(Z;S) stays the raw "
                        "difference)"),
     )  # fmt: skip
     calibrate: bool = field(
-        default=False,
+        default=True,
         metadata=_help("with the 'mixture' marginal, read I(Z;S) through the class posterior tempered by the "
                        "temperature T that best predicts S on the current batch (fitted before the estimator sees the "
                        "batch; T = 0, the prior, unless a likelihood-ratio test at 5% says the batch shows leakage), "
                        "and penalise that: mean_n log q_T(s_n|z_n) / p(s_n). The raw posterior of kernels fitted "
                        "online is over-confident in hundreds of dimensions and reads several nats below zero; the "
                        "calibrated one reads ~0 when S is independent of Z, is never far below zero, and is what a "
-                       "budget (target) can be set in. Incompatible with positive_part"),
+                       "budget (target) can be set in. Needs marginal='mixture' and positive_part=False"),
     )  # fmt: skip
     given: Literal["nothing", "labels"] = field(
         default="nothing",
@@ -114,21 +115,21 @@ class MutualInformationOptions:
             raise ValueError(
                 f"mutual_information.num_label_classes must be an integer >= 2, got {self.num_label_classes!r}"
             )
-        if self.calibrate and (self.marginal != "mixture" or self.positive_part):
+        if self.marginal != "mixture" and (self.fit != "likelihood" or self.calibrate):
             raise ValueError(
-                "mutual_information.calibrate needs marginal='mixture' (a class posterior to temper) and "
-                f"positive_part=False (the calibrated estimate is penalised as is), got marginal={self.marginal!r}, "
-                f"positive_part={self.positive_part}"
+                "mutual_information.marginal='kernel' (a separate marginal kernel) is fitted by likelihood and read "
+                "as is: set fit='likelihood' and calibrate=False with it (the posterior fit and the calibration need "
+                f"the class posterior of marginal='mixture'); got fit={self.fit!r}, calibrate={self.calibrate}"
+            )
+        if self.calibrate and self.positive_part:
+            raise ValueError(
+                "mutual_information.calibrate penalises the calibrated estimate as is: set positive_part=False with "
+                "it (or calibrate=False)"
             )
         if self.given == "labels" and self.marginal != "mixture":
             raise ValueError(
                 "mutual_information.given='labels' needs marginal='mixture' (the class kernels of each label form "
                 f"the label's marginal), got marginal={self.marginal!r}"
-            )
-        if self.fit != "likelihood" and self.marginal != "mixture":
-            raise ValueError(
-                f"mutual_information.fit={self.fit!r} needs marginal='mixture' (the posterior of a separate marginal "
-                f"kernel is not normalised), got marginal={self.marginal!r}"
             )
 
 
@@ -222,6 +223,25 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "mi_given": ("mutual_information", "given"),
     "mi_num_label_classes": ("mutual_information", "num_label_classes"),
 }
+
+
+#: Options whose default changed in 0.3 (the calibrated posterior-fitted MI penalty, measured in
+#: results/shortcut/README.md): a knife_config.json written by an older version without them gets these values.
+DEFAULTS_BEFORE_0_3: dict[str, dict[str, Any]] = {
+    "mutual_information": {"fit": "likelihood", "positive_part": True, "calibrate": False},
+}
+
+
+def _older_than(version: str | None, reference: str) -> bool:
+    """Whether a file's ``hf_knife_version`` (None: a 0.1 file, which had none) is older than ``reference``."""
+    if version is None:
+        return True
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(str(version)) < Version(reference)
+    except InvalidVersion:
+        return False
 
 
 @dataclass
@@ -449,11 +469,15 @@ class KNIFEConfig:
         """Build from a dict (nested or legacy flat keys, see :data:`FLAT_KEYS`); unknown keys (from a newer
         version) are ignored with a warning."""
         values = dict(values)
-        values.pop("hf_knife_version", None)
+        version = values.pop("hf_knife_version", None)
         groups = {name: dict(values.pop(name, None) or {}) for name in OPTION_GROUPS}
         for key, (group, option) in FLAT_KEYS.items():
             if key in values:
                 groups[group].setdefault(option, values.pop(key))
+        if _older_than(version, "0.3.0"):  # a file written before the defaults changed keeps its behaviour
+            for group, options in DEFAULTS_BEFORE_0_3.items():
+                for option, value in options.items():
+                    groups[group].setdefault(option, value)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         for name, options in groups.items():

@@ -96,7 +96,7 @@ def test_given_labels_penalty_through_add_knife_and_bad_input():
     with pytest.raises(ValueError, match="num_label_classes must be an integer >= 2"):
         KNIFEConfig(mutual_information=MutualInformationOptions(given="labels", num_label_classes=1)).validate()
     with pytest.raises(ValueError, match="needs marginal='mixture'"):
-        MutualInformationOptions(given="labels", marginal="kernel").validate()
+        MutualInformationOptions(given="labels", marginal="kernel", fit="likelihood", calibrate=False).validate()
     with pytest.raises(ValueError, match="needs num_label_classes"):
         build_penalty(KNIFEConfig(num_sensitive_classes=2, mutual_information=GIVEN), hidden_size=8)
 

@@ -70,7 +70,7 @@ def test_registries_list_builtins():
         (dict(mutual_information=dict(fit="ce")), "unknown mutual_information.fit 'ce'; expected one of 'likelihood', 'posterior'"),
         (
             dict(mutual_information=dict(fit="posterior", marginal="kernel")),
-            "mutual_information.fit='posterior' needs marginal='mixture'",
+            "mutual_information.marginal='kernel' (a separate marginal kernel) is fitted by likelihood",
         ),
     ],
 )
@@ -119,7 +119,9 @@ def test_files_of_the_flat_format_still_load(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every legacy key is understood: no "ignoring unknown keys"
         config = KNIFEConfig.from_pretrained(tmp_path)
-    assert config.mutual_information == MutualInformationOptions(marginal="mixture", fit="posterior", positive_part=False)
+    assert config.mutual_information == MutualInformationOptions(
+        marginal="mixture", fit="posterior", positive_part=False, calibrate=False  # 0.1 had no calibration
+    )
     assert config.entropy == EntropyOptions(direction="raise")
     assert config.information_bottleneck == BottleneckOptions(estimator="vib", init_sigma=0.2)
     assert config.budget == BudgetOptions(rate=0.3, smoothing=0.5)
@@ -128,7 +130,8 @@ def test_files_of_the_flat_format_still_load(tmp_path):
     config.save_pretrained(tmp_path / "new")
     saved = json.loads((tmp_path / "new" / KNIFE_CONFIG_NAME).read_text())
     assert saved["mutual_information"] == {
-        "marginal": "mixture", "fit": "posterior", "positive_part": False, "given": "nothing", "num_label_classes": None,
+        "marginal": "mixture", "fit": "posterior", "positive_part": False, "calibrate": False, "given": "nothing",
+        "num_label_classes": None,
     }  # fmt: skip
     assert not set(FLAT_KEYS) & set(saved)  # one format written
     assert KNIFEConfig.from_pretrained(tmp_path / "new") == config
@@ -141,3 +144,15 @@ def test_nested_options_are_rebuilt_from_dicts_and_checked():
         KNIFEConfig(entropy="raise")
     with pytest.warns(UserWarning, match=r"ignoring unknown keys \['entropy.speed'\]"):
         KNIFEConfig.from_dict({"penalty": "entropy", "entropy": {"direction": "lower", "speed": 2}})
+
+
+def test_files_of_0_2_keep_the_defaults_they_were_trained_with(tmp_path):
+    """0.3 changed the MI defaults (posterior fit, no positive part, calibrated); a 0.2 file that relied on the old
+    defaults (it does not list the options) loads with them, a file written now keeps the new ones."""
+    old = {"hf_knife_version": "0.2.0", "penalty": "mutual_information", "mutual_information": {"marginal": "mixture"}}
+    (tmp_path / KNIFE_CONFIG_NAME).write_text(json.dumps(old))
+    config = KNIFEConfig.from_pretrained(tmp_path)
+    assert config.mutual_information == MutualInformationOptions(fit="likelihood", positive_part=True, calibrate=False)
+    KNIFEConfig().save_pretrained(tmp_path / "new")
+    assert KNIFEConfig.from_pretrained(tmp_path / "new").mutual_information == MutualInformationOptions()
+    assert MutualInformationOptions() == MutualInformationOptions(fit="posterior", positive_part=False, calibrate=True)

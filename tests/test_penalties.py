@@ -33,7 +33,7 @@ def test_mi_gradient_routing_matches_separate_backward_passes(standardize, posit
         num_components=4,
         weight=0.7,
         standardize=standardize,
-        mutual_information=MutualInformationOptions(fit=fit, positive_part=positive_part),
+        mutual_information=MutualInformationOptions(fit=fit, positive_part=positive_part, calibrate=False),
     )
     penalty = build_penalty(config, hidden_size=6)
     penalty.init_from_samples(z0, s)
@@ -306,8 +306,9 @@ def test_calibrated_mi_reads_zero_without_leakage_and_positive_with_it():
 
 
 def test_calibrate_bad_input():
-    with pytest.raises(ValueError, match="positive_part=False"):
+    with pytest.raises(ValueError, match="set positive_part=False with it"):
         MutualInformationOptions(calibrate=True, positive_part=True).validate()
-    with pytest.raises(ValueError, match="needs a discrete S"):
-        KNIFEConfig(sensitive_type="continuous", mutual_information=MutualInformationOptions(
-            calibrate=True, positive_part=False)).validate()  # fmt: skip
+    with pytest.raises(ValueError, match="set fit='likelihood' and calibrate=False"):
+        MutualInformationOptions(marginal="kernel").validate()
+    MutualInformationOptions(marginal="kernel", fit="likelihood", calibrate=False).validate()
+    KNIFEConfig(sensitive_type="continuous").validate()  # a continuous S ignores the discrete options

@@ -57,11 +57,6 @@ class MutualInformationPenalty(KNIFEPenalty):
 
     @classmethod
     def check_config(cls, config: KNIFEConfig) -> None:
-        if config.mutual_information.calibrate and config.sensitive_type != "discrete":
-            raise ValueError(
-                "mutual_information.calibrate tempers a class posterior and needs a discrete S (sensitive_type="
-                f"'discrete'), got sensitive_type={config.sensitive_type!r}"
-            )
         if config.mutual_information.given == "labels" and config.sensitive_type != "discrete":
             raise ValueError(
                 "mutual_information.given='labels' (I(Z;S|Y)) needs a discrete S (sensitive_type='discrete'), got "
@@ -138,7 +133,7 @@ class MutualInformationPenalty(KNIFEPenalty):
         return self.estimator(z, sensitive).loss
 
     def compute(self, z: Tensor, sensitive: Tensor | None, weight: float) -> PenaltyOutput:
-        if self.config.mutual_information.calibrate:
+        if self.config.mutual_information.calibrate and self.config.sensitive_type == "discrete":
             return self.compute_calibrated(z, sensitive, weight)
         estimator = self.estimator
         positive_part = self.config.mutual_information.positive_part

@@ -99,11 +99,14 @@ def attacker(z: np.ndarray, s: np.ndarray) -> tuple[float, float]:
 
 
 def run(
-    weight: float, seed: int, steps: int, n_train: int, n_test: int = 1000, **options
+    weight: float | None, seed: int, steps: int, n_train: int, n_test: int = 1000, **options
 ) -> dict[str, float]:
+    """One training run; ``weight=None``: the config's default weight (nothing given)."""
     train = shortcut_dataset(n_train, seed, agreement=0.9)
     test = shortcut_dataset(n_test, seed + 1000, agreement=0.5)
-    knife_config = KNIFEConfig(sensitive_column="gender", weight=weight, **options)  # defaults otherwise
+    if weight is not None:
+        options["weight"] = weight
+    knife_config = KNIFEConfig(sensitive_column="gender", **options)  # defaults otherwise
     with tempfile.TemporaryDirectory() as out:
         trainer = KNIFETrainer(
             model=tiny_model("bert", seed=seed),
