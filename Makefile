@@ -37,7 +37,7 @@ lint: install
 
 # The main job: fair classification (BUG occupations, gender hidden) with the PyPI MiniLM model, offline.
 demo: install
-	$(PY) recipes/fair_classification.py --output_dir runs/demo
+	$(PY) recipes/fair_classification.py --output_dir runs/demo --methods none,leace,knife
 
 demo-estimators: install
 	$(PY) recipes/estimate_demo.py
