@@ -115,17 +115,6 @@ class MutualInformationOptions:
             raise ValueError(
                 f"mutual_information.num_label_classes must be an integer >= 2, got {self.num_label_classes!r}"
             )
-        if self.marginal != "mixture" and (self.fit != "likelihood" or self.calibrate):
-            raise ValueError(
-                "mutual_information.marginal='kernel' (a separate marginal kernel) is fitted by likelihood and read "
-                "as is: set fit='likelihood' and calibrate=False with it (the posterior fit and the calibration need "
-                f"the class posterior of marginal='mixture'); got fit={self.fit!r}, calibrate={self.calibrate}"
-            )
-        if self.calibrate and self.positive_part:
-            raise ValueError(
-                "mutual_information.calibrate penalises the calibrated estimate as is: set positive_part=False with "
-                "it (or calibrate=False)"
-            )
         if self.given == "labels" and self.marginal != "mixture":
             raise ValueError(
                 "mutual_information.given='labels' needs marginal='mixture' (the class kernels of each label form "

@@ -415,8 +415,8 @@ def test_baselines_are_finite(data, dtype):
 
 
 # ------------------------------------------------------------------------------------------------ penalties
-PENALTY_KINDS = ("entropy", "mi_mixture", "mi_posterior", "mi_kernel", "mi_continuous", "information_bottleneck",
-                 "adversarial")  # fmt: skip
+PENALTY_KINDS = ("entropy", "mi_mixture", "mi_posterior", "mi_kernel", "mi_calibrated", "mi_continuous",
+                 "information_bottleneck", "adversarial")  # fmt: skip
 
 
 def make_penalty_config(kind: str, cov: str, k: int, num_classes: int, cond_dim: int, **extra) -> KNIFEConfig:
@@ -432,11 +432,15 @@ def make_penalty_config(kind: str, cov: str, k: int, num_classes: int, cond_dim:
         return KNIFEConfig(
             sensitive_type="continuous", sensitive_dim=cond_dim, mutual_information=dict(mi_options), **options
         )
-    marginal, fit = {"mi_mixture": ("mixture", "likelihood"), "mi_posterior": ("mixture", "posterior"),
-                     "mi_kernel": ("kernel", "likelihood")}[kind]  # fmt: skip
+    marginal, fit, calibrate = {"mi_mixture": ("mixture", "likelihood", False),
+                                "mi_posterior": ("mixture", "posterior", False), "mi_kernel": ("kernel", "likelihood", False),
+                                "mi_calibrated": ("mixture", "posterior", True)}[kind]  # fmt: skip
+    if calibrate:
+        mi_options["positive_part"] = False
     return KNIFEConfig(
-        num_sensitive_classes=num_classes, mutual_information=dict(marginal=marginal, fit=fit, **mi_options), **options
-    )
+        num_sensitive_classes=num_classes, **options,
+        mutual_information=dict(marginal=marginal, fit=fit, calibrate=calibrate, **mi_options),
+    )  # fmt: skip
 
 
 def penalty_step(

@@ -307,8 +307,9 @@ def test_calibrated_mi_reads_zero_without_leakage_and_positive_with_it():
 
 def test_calibrate_bad_input():
     with pytest.raises(ValueError, match="set positive_part=False with it"):
-        MutualInformationOptions(calibrate=True, positive_part=True).validate()
+        KNIFEConfig(mutual_information=MutualInformationOptions(calibrate=True, positive_part=True))
     with pytest.raises(ValueError, match="set fit='likelihood' and calibrate=False"):
-        MutualInformationOptions(marginal="kernel").validate()
-    MutualInformationOptions(marginal="kernel", fit="likelihood", calibrate=False).validate()
-    KNIFEConfig(sensitive_type="continuous").validate()  # a continuous S ignores the discrete options
+        KNIFEConfig(mutual_information=MutualInformationOptions(marginal="kernel"))
+    KNIFEConfig(mutual_information=MutualInformationOptions(marginal="kernel", fit="likelihood", calibrate=False))
+    # a continuous S ignores the discrete options (the positive part applies to it)
+    KNIFEConfig(sensitive_type="continuous", mutual_information=MutualInformationOptions(positive_part=True))

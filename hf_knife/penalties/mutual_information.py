@@ -57,6 +57,20 @@ class MutualInformationPenalty(KNIFEPenalty):
 
     @classmethod
     def check_config(cls, config: KNIFEConfig) -> None:
+        options = config.mutual_information
+        if config.sensitive_type == "discrete" and options.marginal != "mixture" and (
+            options.fit != "likelihood" or options.calibrate
+        ):
+            raise ValueError(
+                "mutual_information.marginal='kernel' (a separate marginal kernel) is fitted by likelihood and read "
+                "as is: set fit='likelihood' and calibrate=False with it (the posterior fit and the calibration need "
+                f"the class posterior of marginal='mixture'); got fit={options.fit!r}, calibrate={options.calibrate}"
+            )
+        if config.sensitive_type == "discrete" and options.calibrate and options.positive_part:
+            raise ValueError(
+                "mutual_information.calibrate penalises the calibrated estimate as is: set positive_part=False with "
+                "it (or calibrate=False)"
+            )
         if config.mutual_information.given == "labels" and config.sensitive_type != "discrete":
             raise ValueError(
                 "mutual_information.given='labels' (I(Z;S|Y)) needs a discrete S (sensitive_type='discrete'), got "
