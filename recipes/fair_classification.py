@@ -61,7 +61,9 @@ from common.fair_audit import (
     encode_splits,
     erased_head_predictions,
     merge_results,
+    paired_differences,
     parse_method,
+    print_paired,
     print_summary,
     recommend,
     score_run,
@@ -343,7 +345,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     seeds = [int(s) for s in script.seeds.split(",") if s.strip()]
     if script.merge_from:
         folders = [Path(d) for d in script.merge_from.split(",") if d.strip()]
-        return merge_results(folders, Path(args.output_dir), METHODS)
+        rows = merge_results(folders, Path(args.output_dir), METHODS)
+        if any("val_leakage" in r for r in rows):
+            _, reason = recommend(summarise(rows), script.max_leakage, script.max_accuracy_drop)
+            print(f"\nrecommended (chosen on the validation split): {reason}")
+        return rows
     targets = check_options(script, args, methods, weights)
     if args.knife_penalty is not None:
         raise ValueError("do not pass --knife_penalty: the recipe sets the penalty from --methods")
@@ -380,10 +386,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     if eligible and (best is None or key >= best[0]):
                         best = (key, trainer, row, audit)
             if main_process:
-                write_results(rows, summarise(rows), Path(args.output_dir), config)
+                write_results(rows, summarise(rows), Path(args.output_dir), config, paired_differences(rows))
     if main_process:
         summary = summarise(rows)
         print_summary(summary)
+        print_paired(paired_differences(rows))
         _, reason = recommend(summary, script.max_leakage, script.max_accuracy_drop)
         print(f"\nrecommended (chosen on the validation split): {reason}")
         print(f"\nresults: {Path(args.output_dir) / 'results.csv'}, plot: {Path(args.output_dir) / 'tradeoff.png'}")

@@ -346,3 +346,18 @@ def test_recommend_selects_on_validation_and_prefers_the_cheaper_method():
     assert best["method"] == "adversarial" and "no setting" in reason
     with pytest.raises(ValueError, match="no summary entry"):
         recommend([dict(method="none", weight=0.0, accuracy=0.5)], 0.02, 0.01)
+
+
+def test_paired_differences_pair_seeds_and_skip_unpaired_references():
+    from common.fair_audit import paired_differences
+
+    rows = [dict(method=m, weight=w, target=None, seed=seed, accuracy=a, leakage=l)
+            for m, w, seed, a, l in [("none", 0.0, 0, 0.50, 0.20), ("none", 0.0, 1, 0.60, 0.10),
+                                     ("knife", 1.0, 0, 0.48, 0.02), ("knife", 1.0, 1, 0.59, 0.04),
+                                     ("knife", 1.0, 2, 0.99, 0.00)]]  # fmt: skip
+    (entry,) = paired_differences(rows)  # no leace rows: one reference
+    assert (entry["method"], entry["reference"], entry["accuracy"]["n"]) == ("knife", "none", 2)  # seed 2 unpaired
+    assert entry["accuracy"]["mean"] == pytest.approx(((0.48 - 0.50) + (0.59 - 0.60)) / 2)
+    assert entry["leakage"]["mean"] == pytest.approx(((0.02 - 0.20) + (0.04 - 0.10)) / 2)
+    low, high = entry["leakage"]["ci95"]
+    assert low < entry["leakage"]["mean"] < high

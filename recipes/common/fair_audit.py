@@ -18,7 +18,7 @@ from hf_knife.metrics import audit_leakage, fairness_report
 from hf_knife.representation import Representation, extract_features
 
 from .reporting import pyplot, read_results, write_csv, write_json
-from .stats import describe, group_by
+from .stats import describe, group_by, paired_difference
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -217,6 +217,38 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def paired_differences(rows: list[dict[str, Any]], references: tuple[str, ...] = ("none", "leace")) -> list[dict]:
+    """Per setting and reference method: the paired-seed difference (setting - reference) of test accuracy and
+    leakage, mean and 95% t-interval over the seeds both ran."""
+    out = []
+    for (method, weight, target), group in group_by(rows, ("method", "weight", "target")).items():
+        for reference in references:
+            base = [r for r in rows if r["method"] == reference]
+            if method == reference or not base:
+                continue
+            entry: dict[str, Any] = {"method": method, "weight": weight, "target": target, "reference": reference}
+            for key in ("accuracy", "leakage"):
+                diff = paired_difference({r["seed"]: r[key] for r in group}, {r["seed"]: r[key] for r in base})
+                entry[key] = {k: diff[k] for k in ("n", "mean", "ci95")}
+            if entry["accuracy"]["n"]:
+                out.append(entry)
+    return out
+
+
+def print_paired(paired: list[dict[str, Any]]) -> None:
+    if not paired:
+        return
+    print(f"\n{'paired difference (seeds)':<34} {'accuracy [95% CI]':>26} {'leakage [95% CI]':>26}")
+    for e in paired:
+        setting = _setting(e)
+        cells = []
+        for key in ("accuracy", "leakage"):
+            d = e[key]
+            low, high = d["ci95"]
+            cells.append(f"{d['mean']:+.3f} [{low:+.3f}, {high:+.3f}]" if d["n"] > 1 else f"{d['mean']:+.3f}")
+        print(f"{setting + ' - ' + e['reference'] + ' (' + str(e['accuracy']['n']) + ')':<34} {cells[0]:>26} {cells[1]:>26}")
+
+
 def plot(summary: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
 
@@ -252,10 +284,15 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(rows: list[dict[str, Any]], summary: list[dict[str, Any]], output_dir: Path, config: dict) -> None:
-    """``results.json`` (config, runs, summary), ``results.csv`` (the scalar columns of the runs), ``tradeoff.png``."""
+def write_results(
+    rows: list[dict[str, Any]], summary: list[dict[str, Any]], output_dir: Path, config: dict,
+    paired: list[dict[str, Any]] | None = None,
+) -> None:
+    """``results.json`` (config, runs, summary, paired differences), ``results.csv`` (the scalar columns of the runs),
+    ``tradeoff.png``."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / "results.json", {"config": config, "runs": rows, "summary": summary}, indent=2)
+    payload = {"config": config, "runs": rows, "summary": summary, "paired": paired or []}
+    write_json(output_dir / "results.json", payload, indent=2)
     write_csv(rows, output_dir / "results.csv")
     plot(summary, output_dir / "tradeoff.png")
 
@@ -270,8 +307,10 @@ def merge_results(folders: list[Path], output_dir: Path, order: tuple[str, ...])
         raise ValueError(f"--merge_from: the same (method, weight, target, seed) appears twice: {repeated}")
     rows.sort(key=lambda r: (r["seed"], order.index(r["method"]), r["weight"], r.get("target") or 0.0))
     summary = summarise(rows)
-    write_results(rows, summary, output_dir, {"merged_from": [str(folder) for folder in folders]})
+    paired = paired_differences(rows)
+    write_results(rows, summary, output_dir, {"merged_from": [str(folder) for folder in folders]}, paired)
     print_summary(summary)
+    print_paired(paired)
     return rows
 
 
