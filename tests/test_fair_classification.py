@@ -351,8 +351,8 @@ def test_recommend_selects_on_validation_and_prefers_the_cheaper_method():
 def test_paired_differences_pair_seeds_and_skip_unpaired_references():
     from common.fair_audit import paired_differences
 
-    rows = [dict(method=m, weight=w, target=None, seed=seed, accuracy=a, leakage=l)
-            for m, w, seed, a, l in [("none", 0.0, 0, 0.50, 0.20), ("none", 0.0, 1, 0.60, 0.10),
+    rows = [dict(method=m, weight=w, target=None, seed=seed, accuracy=a, leakage=leak)
+            for m, w, seed, a, leak in [("none", 0.0, 0, 0.50, 0.20), ("none", 0.0, 1, 0.60, 0.10),
                                      ("knife", 1.0, 0, 0.48, 0.02), ("knife", 1.0, 1, 0.59, 0.04),
                                      ("knife", 1.0, 2, 0.99, 0.00)]]  # fmt: skip
     (entry,) = paired_differences(rows)  # no leace rows: one reference
