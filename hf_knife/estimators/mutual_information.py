@@ -213,6 +213,16 @@ class MixtureMIEstimator(MIEstimator):
         per_group = torch.logsumexp(joint.view(joint.shape[0], self.num_groups, self.num_classes), dim=2)  # [B, G]
         return per_group.gather(1, (labels.long() // self.num_classes).unsqueeze(1)).squeeze(1)  # [B]
 
+    def own_group(self, class_log_probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Each sample's classes: ``(log q(x | g_n, s) [B, C], log p(s | g_n) [B, C], s_n [B])`` from
+        ``class_log_probs [B, G * C]`` (:meth:`all_log_probs`) and joint ids ``labels [B]`` (all classes when G = 1)."""
+        classes = self.num_classes
+        group = labels.long() // classes  # [B]
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        own = class_log_probs.view(labels.shape[0], -1, classes)[rows, group]  # [B, C]
+        log_prior = self.log_prior.to(own).view(-1, classes)[group]  # [B, C]
+        return own, log_prior, labels.long() % classes
+
     def marginal_log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """``log q(x) = logsumexp_s(log p(s) + log q(x | s))``: ``[B]`` (``log q(x | g)`` with groups: ``labels``
         are then needed, their group is used)."""

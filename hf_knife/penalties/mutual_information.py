@@ -165,14 +165,18 @@ class MutualInformationPenalty(KNIFEPenalty):
         mutual_information = h_marginal - h_conditional
         fit = a * h_marginal + b * h_conditional
         penalty = (marginal_nll - conditional_nll).clamp_min(0).mean() if positive_part else mutual_information
+        metrics = self._metrics(h_marginal, h_conditional, mutual_information, fit)
+        return PenaltyOutput(loss=value_with_grad(weight * penalty, fit), metrics=metrics)
+
+    def _metrics(self, h_marginal: Tensor, h_conditional: Tensor, mutual_information: Tensor, fit: Tensor) -> dict:
+        """The logged scalars (entropies in the units of the raw features)."""
         log_scale = self.standardizer.log_scale()
-        metrics = {
+        return {
             "marginal_entropy": (h_marginal + log_scale).detach(),
             "conditional_entropy": (h_conditional + log_scale).detach(),
             "mutual_information": mutual_information.detach(),
             "estimator_nll": fit.detach(),
         }
-        return PenaltyOutput(loss=value_with_grad(weight * penalty, fit), metrics=metrics)
 
     def compute_calibrated(self, z: Tensor, labels: Tensor, weight: float) -> PenaltyOutput:
         """``calibrate=True``: the estimator gets the gradient of its fitting loss on detached ``z [B, dim]``; ``z``
@@ -195,12 +199,7 @@ class MutualInformationPenalty(KNIFEPenalty):
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        classes = estimator.num_classes
-        group = labels // classes  # [B]
-        rows = torch.arange(z.shape[0], device=z.device)
-        own_group = class_log_probs.view(z.shape[0], -1, classes)[rows, group]  # [B, C]
-        log_prior = estimator.log_prior.to(own_group).view(-1, classes)[group]  # [B, C]
-        s = labels % classes  # [B]
+        own_group, log_prior, s = estimator.own_group(class_log_probs, labels)  # [B, C], [B, C], [B]
         with torch.no_grad():  # one temperature for the whole batch, over all processes
             gather = is_distributed() and not self.fitter.gathered
             ll, prior, ss = (all_gather_with_grad(t) for t in (own_group.detach(), log_prior, s)) if gather else (
@@ -209,13 +208,7 @@ class MutualInformationPenalty(KNIFEPenalty):
         log_posterior = calibrated_log_posterior(own_group, log_prior, temperature)  # [B, C]
         pointwise = (log_posterior - log_prior).gather(1, s.unsqueeze(1)).squeeze(1)  # [B]
         mutual_information = pointwise.mean()
-        log_scale = self.standardizer.log_scale()
-        metrics = {
-            "marginal_entropy": (h_marginal + log_scale).detach(),
-            "conditional_entropy": (h_conditional + log_scale).detach(),
-            "mutual_information": mutual_information.detach(),
-            "estimator_nll": fit.detach(),
-            "temperature": torch.tensor(float(temperature), device=z.device),
-        }
+        metrics = self._metrics(h_marginal, h_conditional, mutual_information, fit)
+        metrics["temperature"] = torch.tensor(float(temperature), device=z.device)
         penalty = weight * mutual_information
         return PenaltyOutput(loss=value_with_grad(penalty, penalty, fit), metrics=metrics)
