@@ -49,6 +49,7 @@ __all__ = [
     "fit_inlp",
     "fit_leace",
     "fit_linear_head",
+    "pool_into_head",
     "require_concept_erasure",
 ]
 
@@ -427,9 +428,10 @@ def add_erasure(
     Z is pooled as ``representation`` (``layer_index`` / ``module_name`` as in :class:`~hf_knife.KNIFEConfig`),
     erased, and fed to the linear ``head_module`` instead of its usual input. ``head`` (e.g. from
     :func:`fit_linear_head` on erased training representations) replaces the head's weights; without it the head
-    is kept, which only makes sense when it already reads Z (``representation="pooler"`` for BERT).
+    is kept, which only makes sense when it already reads Z (``representation="pooler"`` for BERT, or a model
+    prepared by :func:`pool_into_head`, whose identity layer ``layer`` replaces).
     """
-    if isinstance(model, ErasureModelMixin):
+    if isinstance(model, ErasureModelMixin) and model.config.erasure.get("rank") != 0:
         raise ValueError(f"{type(model).__name__} already has an erasure layer ({model.config.erasure['method']})")
     settings = {**layer.config_dict(), "representation": representation, "layer": layer_index,
                 "module_name": module_name, "head": head_module}  # fmt: skip
@@ -440,17 +442,42 @@ def add_erasure(
             f"the refitted head has shape {tuple(head.weight.shape)}, the model's {head_module!r} "
             f"{tuple(linear.weight.shape)}"
         )
-    model.__class__ = erased_model_class(type(model))
-    model._erasure_attach(settings)
+    if not isinstance(model, ErasureModelMixin):
+        model.__class__ = erased_model_class(type(model))
+    model._erasure_attach(settings)  # replaces the identity layer of pool_into_head, if any
     device = next(model.parameters()).device
     model.erasure.to(device=device, dtype=torch.float32)
     model.erasure.load_state_dict(layer.state_dict())
     if head is not None:
         linear.weight.copy_(torch.as_tensor(head.weight, dtype=linear.weight.dtype))
         linear.bias.copy_(torch.as_tensor(head.bias, dtype=linear.bias.dtype))
-    if hasattr(model, "add_model_tags"):
+    if hasattr(model, "add_model_tags") and layer.rank > 0:
         model.add_model_tags(["hf_knife", "concept-erasure", layer.method])
     return model
+
+
+def pool_into_head(
+    model: Any,
+    representation: str = "mean",
+    *,
+    layer_index: int | None = None,
+    module_name: str | None = None,
+    head_module: str = "classifier",
+) -> Any:
+    """Make the linear ``head_module`` of ``model`` read the pooled Z instead of its usual input (in place).
+
+    For an encoder trained for mean pooling (a sentence-transformers checkpoint) the classifier should read the
+    mean-pooled Z, as a sentence-transformers probe does, not BERT's untrained-for-it pooler; and a penalty or an
+    eraser on Z then constrains exactly what the classifier reads. The model gets an erasure layer of rank 0 (the
+    identity), so it saves, reloads (:class:`AutoErasedModelForSequenceClassification`) and pushes like an erased
+    model, and a later :func:`add_erasure` replaces the identity with a fitted eraser.
+    """
+    try:
+        dim = model.get_submodule(head_module).in_features
+    except AttributeError:  # no such module, or not a linear one: add_erasure's check says which
+        dim = 1
+    return add_erasure(model, ErasureLayer(dim, 0, method="identity"), representation, layer_index=layer_index,
+                       module_name=module_name, head_module=head_module)  # fmt: skip
 
 
 class AutoErasedModelForSequenceClassification:

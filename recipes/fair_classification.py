@@ -76,6 +76,7 @@ from hf_knife.erasure import (
     add_erasure,
     fit_eraser,
     fit_linear_head,
+    pool_into_head,
     require_concept_erasure,
 )
 from hf_knife.metrics.leakage import ATTACKERS
@@ -125,6 +126,11 @@ class FairClassificationArguments:
                                          "'auto': mean for sentence-transformers checkpoints (modules.json, "
                                          "sentence_bert_config.json or 1_Pooling in the model folder, or a "
                                          "sentence-transformers/ Hub id), pooler otherwise")
+    classifier_input: str = option("representation", "what the trained classifier's linear head reads: "
+                                   "'representation' (Z itself, so the penalty and the audit act on exactly what the "
+                                   "head reads; for mean/cls pooling the model gets a rank-0 erasure layer, "
+                                   "hf_knife.erasure.pool_into_head) or 'model' (the model's own head input, e.g. "
+                                   "BERT's pooler)")
     audit_attackers: str = option(",".join(ATTACKERS), "comma-separated attackers of the leakage audit: "
                                   + ", ".join(ATTACKERS))
     inlp_iterations: int = option(40, "at most this many INLP iterations")
@@ -205,6 +211,8 @@ def train_model(
     )
     if trained is None:
         return model, None, 0.0
+    if script.classifier_input == "representation" and script.representation != "pooler":
+        pool_into_head(model, script.representation)  # the head reads Z (BERT's reads the pooler)
     run_name = run_name_for(trained, weight, target, seed)
     run_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, run_name), seed=seed,
                                    run_name=run_name, push_to_hub=False)  # fmt: skip
@@ -308,6 +316,8 @@ def check_options(script, args, methods: list[str], weights: list[float]) -> lis
     unknown = [a for a in script.audit_attackers.split(",") if a.strip() and a.strip() not in ATTACKERS]
     if unknown or not script.audit_attackers.strip():
         raise ValueError(f"--audit_attackers: unknown {unknown}; expected names from {', '.join(ATTACKERS)}")
+    if script.classifier_input not in ("representation", "model"):
+        raise ValueError(f"--classifier_input must be 'representation' or 'model', got {script.classifier_input!r}")
     if any(parse_method(m)[1] == "leace" for m in methods):
         require_concept_erasure()  # MissingErasurePackageError naming the extra to install
     targets = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -186,3 +187,54 @@ def test_bad_inputs_raise_clear_errors(fitted):
         add_erasure(_tiny_bert(), layer, representation="mean", head=wrong)
     empty = ErasureLayer(16, 0)
     np.testing.assert_array_equal(empty.erase(z), z.astype(np.float32))
+
+
+def test_pool_into_head_feeds_mean_pooled_z_trains_with_a_penalty_and_takes_an_eraser_later(tmp_path):
+    """The head reads mean-pooled Z exactly; KNIFETrainer trains it with the MI penalty on that Z; a fitted eraser
+    later replaces the identity layer; the result round-trips exactly."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import synthetic_dataset, training_args
+    from transformers import default_data_collator
+
+    from hf_knife import KNIFEConfig
+    from hf_knife.erasure import pool_into_head
+    from hf_knife.trainer import KNIFETrainer
+
+    model = pool_into_head(_tiny_bert(), "mean").eval()
+    assert model.erasure.rank == 0 and model.config.erasure["method"] == "identity"
+    ids, mask, s, y = _batch(64, seed=3)
+    head = model.classifier
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.numpy()  # [n, 3]
+    z = _mean_pooled(model, ids, mask)  # [n, d]
+    expected = z @ head.weight.detach().numpy().T + head.bias.detach().numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-5)  # the head reads mean(Z), not the pooler
+
+    before = head.weight.detach().clone()
+    knife = KNIFEConfig(penalty="mutual_information", sensitive_column="gender", num_sensitive_classes=2,
+                        num_components=4, representation="mean")  # fmt: skip
+    data = synthetic_dataset(64).map(lambda row: {"input_ids": [t % 60 for t in row["input_ids"]]})
+    trainer = KNIFETrainer(model=model, args=training_args(tmp_path / "run", max_steps=3), train_dataset=data,
+                           data_collator=default_data_collator, knife_config=knife)  # fmt: skip
+    trainer.train()
+    model = trainer.model.eval()
+    assert type(model).__name__ == "KNIFEErasedBertForSequenceClassification"
+    assert not torch.equal(model.classifier.weight, before)  # the head trained on mean(Z)
+    assert all(math.isfinite(r["loss"]) for r in trainer.state.log_history if "loss" in r)
+
+    z = model.knife_features(input_ids=ids, attention_mask=mask).numpy()
+    np.testing.assert_allclose(z, _mean_pooled(model, ids, mask), atol=1e-5)
+    layer = fit_leace(z, s)
+    add_erasure(model, layer, representation="mean",
+                head=fit_linear_head(layer.erase(z), y, layer.erase(z), y, num_labels=3))  # fmt: skip
+    assert model.erasure.rank == layer.rank > 0 and model.config.erasure["method"] == "leace"
+    with torch.no_grad():
+        erased_logits = model(input_ids=ids, attention_mask=mask).logits.numpy()
+    np.testing.assert_allclose(erased_logits, layer.erase(z) @ model.classifier.weight.detach().numpy().T
+                               + model.classifier.bias.detach().numpy(), atol=1e-4)  # fmt: skip
+    with pytest.raises(ValueError, match="already has an erasure layer"):
+        add_erasure(model, layer, representation="mean")  # a fitted eraser is not replaced silently
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = AutoErasedModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    with torch.no_grad():
+        np.testing.assert_array_equal(reloaded(input_ids=ids, attention_mask=mask).logits.numpy(), erased_logits)

@@ -214,7 +214,9 @@ def test_erasure_methods_end_to_end(tiny_model_dir, tiny_csv, tmp_path):
     assert "audit" not in header and "svm_rbf_accuracy" in header
 
 
-def test_push_to_hub_knife_leace_pushes_the_erased_model(tiny_model_dir, tiny_csv, tmp_path, fake_hub):
+@pytest.mark.parametrize("representation", ["pooler", "mean"])
+def test_push_to_hub_knife_leace_pushes_the_erased_model(tiny_model_dir, tiny_csv, tmp_path, fake_hub, representation):
+    """With mean pooling the trained head reads mean(Z) (pool_into_head's identity layer) and LEACE replaces it."""
     pytest.importorskip("concept_erasure")
     import torch
 
@@ -223,10 +225,10 @@ def test_push_to_hub_knife_leace_pushes_the_erased_model(tiny_model_dir, tiny_cs
     recipe = load_recipe()
     recipe.main(recipe_args(tiny_model_dir, tiny_csv, tmp_path / "out", "--methods", "none,knife,knife+leace",
                             "--push_to_hub", "--hub_model_id", "me/fair", "--max_accuracy_drop", "1.0",
-                            "--knife_num_components", "4"))  # fmt: skip
+                            "--knife_num_components", "4", "--representation", representation))  # fmt: skip
     uploaded = fake_hub.target
     config = json.loads((uploaded / "config.json").read_text())
-    assert config["erasure"]["method"] == "leace" and config["erasure"]["representation"] == "pooler"
+    assert config["erasure"]["method"] == "leace" and config["erasure"]["representation"] == representation
     card = (uploaded / "README.md").read_text()
     assert "Leakage audit" in card and "knife+leace" in card and "LEACE erasure layer" in card
     model = AutoErasedModelForSequenceClassification.from_pretrained(uploaded).eval()
@@ -245,6 +247,7 @@ def test_push_to_hub_knife_leace_pushes_the_erased_model(tiny_model_dir, tiny_cs
         (["--methods", "knife", "--targets", "0.01", "--knife_target", "0.02"], "not both"),
         (["--methods", "knife+pca"], "unknown method 'knife\\+pca'"),
         (["--audit_attackers", "logreg,forest"], "forest"),
+        (["--classifier_input", "pooler"], "--classifier_input must be"),
     ],
 )
 def test_bad_options_fail_before_loading_data(tiny_model_dir, tiny_csv, tmp_path, monkeypatch, extra, match):
@@ -361,3 +364,31 @@ def test_paired_differences_pair_seeds_and_skip_unpaired_references():
     assert entry["leakage"]["mean"] == pytest.approx(((0.02 - 0.20) + (0.04 - 0.10)) / 2)
     low, high = entry["leakage"]["ci95"]
     assert low < entry["leakage"]["mean"] < high
+
+
+@pytest.mark.parametrize("classifier_input", ["representation", "model"])
+def test_trained_head_reads_the_pooled_representation(tiny_model_dir, tiny_csv, tmp_path, classifier_input):
+    """--representation mean: the trained classifier's logits are its linear head on mean(Z) (the Z the penalty and
+    the audit see); --classifier_input model keeps BERT's pooler path."""
+    import numpy as np
+    import torch
+    from common.fair_audit import encode_splits
+    from transformers import AutoTokenizer, HfArgumentParser
+
+    recipe = load_recipe()
+    parser = HfArgumentParser((recipe.FairClassificationArguments, recipe.KNIFETrainingArguments))
+    script, args = parser.parse_args_into_dataclasses(args=recipe.RECIPE_DEFAULTS + recipe_args(
+        tiny_model_dir, tiny_csv, tmp_path, "--representation", "mean", "--classifier_input", classifier_input))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data, sensitive = recipe.load_task(script, 0)
+    tokenized = recipe.tokenize(data, tokenizer, script.max_length)
+    model, _, _ = recipe.train_model("none", 0.0, None, 0, script, args, tokenized, sensitive, 3, tokenizer)
+    z, own = encode_splits(model.eval(), tokenized, tokenizer, "mean", 16)
+    head = model.classifier
+    with torch.no_grad():
+        on_z = head(torch.from_numpy(z["test"])).argmax(-1).numpy()  # the head applied to mean(Z)
+    if classifier_input == "representation":
+        assert model.config.erasure["method"] == "identity"
+        np.testing.assert_array_equal(own["test"], on_z)
+    else:
+        assert not hasattr(model, "erasure")
