@@ -198,3 +198,28 @@ def test_attacker_subset_and_svm_subsample_cap():
     converged = make_attacker("mlp_converged", n_train=5000, min_class_count=500)[-1]
     assert converged.early_stopping is False and converged.hidden_layer_sizes == (256, 256)
     assert make_attacker("gbt", n_train=50).early_stopping is False
+
+
+def test_validation_split_is_scored_by_the_same_fitted_attackers():
+    """One fit, two evaluated splits: the validation scores equal a separate audit with the validation split as its
+    test split (same seed, same dead coordinates dropped); bad pairs are refused."""
+    x, s = _representations(900, 6, shift=1.5, seed=4)
+    x = np.concatenate([x, np.full((900, 1), 3.0)], axis=1)  # a dead coordinate, dropped from every split
+    train, val, test = slice(0, 500), slice(500, 700), slice(700, 900)
+    joint = audit_leakage(x[train], s[train], x[test], s[test], validation_repr=x[val], validation_sensitive=s[val],
+                          attackers=["logreg", "mlp"], n_boot=50, progress=False)  # fmt: skip
+    alone = audit_leakage(x[train], s[train], x[val], s[val], attackers=["logreg", "mlp"], n_boot=50, progress=False)
+    test_only = audit_leakage(x[train], s[train], x[test], s[test], attackers=["logreg", "mlp"], n_boot=50,
+                              progress=False)  # fmt: skip
+    assert joint.dropped == alone.dropped == [6]
+    assert joint.validation == {name: r.accuracy for name, r in alone.attackers.items()}
+    assert joint.validation_majority_rate == pytest.approx(alone.majority_rate)
+    assert joint.validation_leakage == pytest.approx(alone.leakage) and joint.validation_leakage > 0.1
+    assert joint.to_dict(flat=True)["validation_leakage"] == pytest.approx(alone.leakage)
+    assert joint.to_dict(flat=True) == {**test_only.to_dict(flat=True), "validation_leakage": joint.validation_leakage}
+    assert test_only.validation_leakage is None
+    with pytest.raises(ValueError, match="together"):
+        audit_leakage(x[train], s[train], x[test], s[test], validation_repr=x[val], progress=False)
+    with pytest.raises(ValueError, match="validation_repr"):
+        audit_leakage(x[train], s[train], x[test], s[test], validation_repr=x[val, :3], validation_sensitive=s[val],
+                      progress=False)  # fmt: skip

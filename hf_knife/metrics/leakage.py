@@ -96,6 +96,16 @@ class LeakageReport:
     extra: dict[str, Any] = field(default_factory=dict)
     dropped: list[int] = field(default_factory=list)
     dropped_note: str = ""
+    #: attacker name -> accuracy on the validation split (empty without one)
+    validation: dict[str, float] = field(default_factory=dict)
+    validation_majority_rate: float | None = None
+
+    @property
+    def validation_leakage(self) -> float | None:
+        """The strongest attacker's validation accuracy minus the validation majority rate (None without one)."""
+        if not self.validation or self.validation_majority_rate is None:
+            return None
+        return max(self.validation.values()) - self.validation_majority_rate
 
     @property
     def best(self) -> AttackerResult:
@@ -136,6 +146,8 @@ class LeakageReport:
             "seed": self.seed,
             "num_dropped": len(self.dropped),
         }
+        if self.validation:
+            head["validation_leakage"] = self.validation_leakage
         if not flat:
             head.update(
                 accuracy_ci=list(self.accuracy_ci),
@@ -143,6 +155,7 @@ class LeakageReport:
                 attackers={name: r.to_dict() for name, r in self.attackers.items()},
                 dropped=list(self.dropped),
                 dropped_note=self.dropped_note,
+                validation=dict(self.validation),
                 **self.extra,
             )
             return head
@@ -330,11 +343,11 @@ def _attacker_details(estimator: Any) -> dict[str, Any]:
 
 
 def _drop_degenerate(
-    x_train: np.ndarray, x_test: np.ndarray, near_constant_tol: float
-) -> tuple[np.ndarray, np.ndarray, list[int], str]:
-    """Remove the train split's constant and near-constant coordinates from both splits.
+    x_train: np.ndarray, others: list[np.ndarray], near_constant_tol: float
+) -> tuple[np.ndarray, list[np.ndarray], list[int], str]:
+    """Remove the train split's constant and near-constant coordinates from it and from the ``others`` splits.
 
-    Returns ``(x_train [N, d'], x_test [M, d'], dropped coordinate ids, a sentence saying what was dropped)``;
+    Returns ``(x_train [N, d'], others [[M, d'], ...], dropped coordinate ids, a sentence saying what was dropped)``;
     when every coordinate is degenerate one zero column is kept (the attackers then predict the majority group).
     """
     import torch
@@ -344,7 +357,7 @@ def _drop_degenerate(
     found = find_degenerate_directions(torch.from_numpy(x_train), near_constant_tol=near_constant_tol)
     dropped = sorted(found.constant + found.near_constant)
     if not dropped:
-        return x_train, x_test, [], ""
+        return x_train, others, [], ""
     keep = np.setdiff1d(np.arange(x_train.shape[1]), dropped)
     shown = ", ".join(map(str, dropped[:10])) + (f", ... ({len(dropped)} in all)" if len(dropped) > 10 else "")
     note = (
@@ -353,8 +366,8 @@ def _drop_degenerate(
         f"{near_constant_tol:g} of the typical {found.scale:.3g}; ids {shown})"
     )
     if keep.size == 0:
-        return np.zeros((len(x_train), 1)), np.zeros((len(x_test), 1)), dropped, note
-    return x_train[:, keep], x_test[:, keep], dropped, note
+        return np.zeros((len(x_train), 1)), [np.zeros((len(x), 1)) for x in others], dropped, note
+    return x_train[:, keep], [x[:, keep] for x in others], dropped, note
 
 
 def _bootstrap_accuracy_and_leakage(
@@ -392,6 +405,8 @@ def audit_leakage(
     drop_degenerate: bool = True,
     near_constant_tol: float = 1e-4,
     svm_max_samples: int | None = SVM_MAX_SAMPLES,
+    validation_repr: Any | None = None,
+    validation_sensitive: Any | None = None,
 ) -> LeakageReport:
     """Train fresh attackers to predict the sensitive attribute and score them on the test split.
 
@@ -409,6 +424,9 @@ def audit_leakage(
         drop_degenerate: drop the train split's constant and near-constant coordinates (spread below
             ``near_constant_tol`` times the typical spread) from both splits before fitting; listed in ``dropped``.
         svm_max_samples: the RBF SVM learns from at most this many training examples (``None``: all).
+        validation_repr, validation_sensitive: an optional validation split ``[N_val, d]`` / ``[N_val]``: the same
+            fitted attackers are also scored on it (``report.validation``, ``report.validation_leakage``), so that
+            a setting can be selected without looking at the test split and without fitting the attackers twice.
 
     Returns:
         A :class:`LeakageReport`. The majority rate is the test-split frequency of the group most frequent there.
@@ -425,6 +443,14 @@ def audit_leakage(
     s_test = check_1d(test_sensitive, "test_sensitive")
     check_same_length(train_repr=x_train, train_sensitive=s_train)
     check_same_length(test_repr=x_test, test_sensitive=s_test)
+    if (validation_repr is None) != (validation_sensitive is None):
+        raise ValueError("pass validation_repr and validation_sensitive together (or neither)")
+    if validation_repr is not None:
+        x_val = check_representations(validation_repr, "validation_repr", dim=x_train.shape[1])
+        s_val = check_1d(validation_sensitive, "validation_sensitive")
+        check_same_length(validation_repr=x_val, validation_sensitive=s_val)
+    else:
+        x_val, s_val = x_test[:0], s_test[:0]
     if ci_method not in ("bootstrap", "wilson"):
         raise ValueError(f"unknown ci_method {ci_method!r}; expected 'bootstrap' or 'wilson'")
     if not 0.0 < alpha < 1.0:
@@ -471,7 +497,7 @@ def audit_leakage(
     dropped: list[int] = []
     dropped_note = ""
     if drop_degenerate:
-        x_train, x_test, dropped, dropped_note = _drop_degenerate(x_train, x_test, near_constant_tol)
+        x_train, (x_test, x_val), dropped, dropped_note = _drop_degenerate(x_train, [x_test, x_val], near_constant_tol)
 
     majority_group = test_groups[int(np.argmax(test_counts))]
     is_majority = (s_test == majority_group).astype(np.float64)
@@ -479,6 +505,7 @@ def audit_leakage(
     n_test = s_test.size
 
     results: dict[str, AttackerResult] = {}
+    validation: dict[str, float] = {}
     bar = tqdm(estimators.items(), desc="leakage audit", unit="attacker", disable=not progress, leave=False)
     for name, estimator in bar:
         bar.set_postfix_str(name)
@@ -489,6 +516,8 @@ def audit_leakage(
         converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         fit_seconds = time.perf_counter() - start
         pred = estimator.predict(x_test)
+        if s_val.size:
+            validation[name] = float(np.mean(estimator.predict(x_val) == s_val))
         correct = (pred == s_test).astype(np.float64)
         accuracy = float(correct.mean())
         with warnings.catch_warnings():
@@ -527,4 +556,12 @@ def audit_leakage(
         seed=seed,
         dropped=dropped,
         dropped_note=dropped_note,
+        validation=validation,
+        validation_majority_rate=_majority_rate(s_val) if s_val.size else None,
     )
+
+
+def _majority_rate(groups: np.ndarray) -> float:
+    """The frequency of the most frequent group of ``groups [N]``."""
+    _, counts = np.unique(groups, return_counts=True)
+    return float(counts.max() / groups.size)

@@ -156,8 +156,10 @@ def score_run(
     s_train = np.asarray(data["train"][sensitive])[:n_audit]
     s_test = np.asarray(data["test"][sensitive])
     attackers = [a.strip() for a in script.audit_attackers.split(",") if a.strip()]
+    # the same attackers are scored on the validation split: what --max_leakage selects on (never the test split)
     audit = audit_leakage(z_train, s_train, z["test"], s_test, attackers=attackers, seed=seed,
-                          n_boot=script.audit_bootstrap)  # fmt: skip
+                          n_boot=script.audit_bootstrap, validation_repr=z["validation"],
+                          validation_sensitive=np.asarray(data["validation"][sensitive]))  # fmt: skip
     row.update(
         majority_rate=audit.majority_rate,
         attacker=audit.strongest,
@@ -170,10 +172,7 @@ def score_run(
     for name, result in audit.attackers.items():
         row[f"{name}_accuracy"] = result.accuracy
         row[f"{name}_leakage"] = result.leakage
-    # the same attackers scored on the validation split: what --max_leakage selects on (never the test split)
-    val_audit = audit_leakage(z_train, s_train, z["validation"], np.asarray(data["validation"][sensitive]),
-                              attackers=attackers, seed=seed, ci_method="wilson", progress=False)  # fmt: skip
-    row["val_leakage"] = val_audit.leakage
+    row["val_leakage"] = audit.validation_leakage
     row["audit"] = {
         "dropped": audit.dropped,
         "dropped_note": audit.dropped_note,
