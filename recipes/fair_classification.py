@@ -91,7 +91,7 @@ TARGET_METHODS = ("knife",)
 # Training defaults of the recipe (any of them can be overridden on the command line: the last flag wins).
 RECIPE_DEFAULTS = [
     "--output_dir", "runs/fair_classification", "--num_train_epochs", "2", "--per_device_train_batch_size", "32",
-    "--per_device_eval_batch_size", "128", "--learning_rate", "5e-5", "--report_to", "none", "--save_strategy", "no",
+    "--per_device_eval_batch_size", "128", "--learning_rate", "5e-4", "--report_to", "none", "--save_strategy", "no",
     "--logging_steps", "10",
 ]  # fmt: skip
 OFFLINE_TASKS = ("bug", "reddit_bias")
@@ -250,6 +250,8 @@ def run_group(
         if target is not None:
             row["target"] = target
         row["representation"] = script.representation
+        if trained is not None:
+            row["head_reads_z"] = hasattr(model, "erasure") or script.representation == "pooler"
         if eraser is None and trained is not None:
             row["train_time_s"] = round(train_time, 1)
             audit = score_run(row, z, own, script, data, sensitive, seed)

@@ -80,15 +80,24 @@ def test_recipe_end_to_end_writes_results_and_plot(tiny_model_dir, tiny_csv, tmp
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
 
 
-def test_push_to_hub_card_reports_the_audit(tiny_model_dir, tiny_csv, tmp_path, fake_hub):
-    """--push_to_hub pushes the knife model with an audit section in its card (fake Hub)."""
+@pytest.mark.parametrize("representation", ["pooler", "mean"])
+def test_push_to_hub_card_reports_the_audit(tiny_model_dir, tiny_csv, tmp_path, fake_hub, representation):
+    """--push_to_hub pushes the knife model with an audit section in its card (fake Hub); with mean pooling the card
+    says how to load a model whose head reads mean(Z), and that loader gives it back."""
     recipe = load_recipe()
     recipe.main(recipe_args(tiny_model_dir, tiny_csv, tmp_path / "out", "--methods", "none,knife", "--push_to_hub",
-                            "--hub_model_id", "me/fair", "--max_accuracy_drop", "1.0"))  # fmt: skip
+                            "--hub_model_id", "me/fair", "--max_accuracy_drop", "1.0",
+                            "--representation", representation))  # fmt: skip
     uploaded = fake_hub.target
     card = (uploaded / "README.md").read_text()
     assert "Leakage audit" in card and "knife" in card
     assert (uploaded / "knife_config.json").exists()
+    assert ("identity layer" in card) == (representation == "mean")
+    if representation == "mean":
+        from hf_knife.erasure import AutoErasedModelForSequenceClassification
+
+        model = AutoErasedModelForSequenceClassification.from_pretrained(uploaded)
+        assert model.config.erasure["method"] == "identity" and model.config.erasure["representation"] == "mean"
 
 
 @pytest.mark.parametrize(

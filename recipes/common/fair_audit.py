@@ -372,6 +372,13 @@ def audit_markdown(row: dict[str, Any], audit: Any) -> str:
             "`AutoModelForSequenceClassification` ignores the layer). Accuracy of the model before erasure: "
             f"{row.get('accuracy_before_erasure', float('nan')):.3f}.\n"
         )
+    elif row.get("head_reads_z") and row.get("representation") != "pooler":
+        erasure = (
+            f"The classifier reads the {row.get('representation')}-pooled representation (the one audited below) "
+            "through an identity layer; load it with "
+            "`hf_knife.erasure.AutoErasedModelForSequenceClassification.from_pretrained` (the plain "
+            "`AutoModelForSequenceClassification` would feed the head BERT's pooler instead).\n"
+        )
     return (
         "## Leakage audit (hf_knife)\n\n"
         f"Method {row['method']} (weight {row['weight']:g}). {erasure}"
