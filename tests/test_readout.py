@@ -24,6 +24,7 @@ from hf_knife.estimators.mutual_information import (
     calibrated_log_posterior,
     fit_temperature,
     pooled_whitening,
+    spiked_covariance,
 )
 
 
@@ -136,6 +137,73 @@ def test_fit_gaussians_closed_form(covariance, tied):
     torch.testing.assert_close(estimator.all_log_probs(x[:50]), expected, rtol=1e-9, atol=1e-9)
     counts = torch.bincount(labels, minlength=3).double()
     torch.testing.assert_close(estimator.log_prior, ((counts + 1) / (counts.sum() + 3)).log())
+
+
+def test_spiked_covariance_closed_form():
+    """Residuals with a known sample spectrum: eigenvalues out of the Marchenko-Pastur bulk become
+    ``1 + (l - 1) c^2`` with ``l`` solving ``lambda = l + gamma l / (l - 1)`` (solved here by root finding), the rest 1;
+    the eigenvectors are kept."""
+    from scipy.optimize import brentq
+
+    n, d = 201, 50
+    gamma = d / (n - 1)
+    g = torch.Generator().manual_seed(5)
+    left, _ = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=torch.float64))  # [n, d]  orthonormal columns
+    right = bench._orthogonal(d, g)  # [d, d]
+    spectrum = torch.linspace(0.6, 1.4, d, dtype=torch.float64)  # inside the bulk [0.25, 2.25]
+    spectrum[:3] = torch.tensor([6.0, 3.0, 2.3])  # above it (the last one barely)
+    spectrum[-2:] = torch.tensor([0.1, 0.2])  # below it
+    residuals = left @ torch.diag((spectrum * (n - 1)).sqrt()) @ right.T  # [n, d]  S = right diag(spectrum) right^T
+    expected_variances = torch.ones(d, dtype=torch.float64)
+    edges = ((1 - gamma**0.5) ** 2, (1 + gamma**0.5) ** 2)
+    for j, value in enumerate(spectrum.tolist()):
+        if edges[0] <= value <= edges[1]:
+            continue
+        bracket = (1 + gamma**0.5, 1e3) if value > edges[1] else (1e-9, 1 - gamma**0.5)
+        ell = brentq(lambda t, value=value: t + gamma * t / (t - 1) - value, *bracket)
+        cosine2 = (1 - gamma / (ell - 1) ** 2) / (1 + gamma / (ell - 1))
+        expected_variances[j] = 1 + (ell - 1) * cosine2
+    expected = (right * expected_variances) @ right.T  # [d, d]
+    torch.testing.assert_close(spiked_covariance(residuals), expected, rtol=1e-9, atol=1e-9)
+    assert int((expected_variances != 1).sum()) == 5
+
+
+def test_spiked_covariance_matches_the_population_variance_along_its_directions():
+    """Whitened classes with one spike above and one below the bulk: the estimated variance along each detected
+    direction is the population variance along it (the held-out-likelihood optimum), not the inflated sample one."""
+    n, d = 2_000, 200
+    g = torch.Generator().manual_seed(6)
+    directions = bench._orthogonal(d, g)[:, :2]  # [d, 2]
+    population = torch.eye(d, dtype=torch.float64) + (directions * torch.tensor([3.0, -0.8])) @ directions.T
+    samples = torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(population).T  # [n, d]
+    residuals = samples - samples.mean(0)
+    estimate = spiked_covariance(residuals)
+    eigenvalues, eigenvectors = torch.linalg.eigh(estimate)
+    spikes = (eigenvalues - 1).abs() > 1e-9
+    assert int(spikes.sum()) == 2
+    for j in spikes.nonzero().flatten().tolist():
+        v = eigenvectors[:, j]
+        sample_variance = float(v @ torch.cov(residuals.T) @ v)
+        assert float(eigenvalues[j]) == pytest.approx(float(v @ population @ v), rel=0.05)
+        assert abs(float(eigenvalues[j]) - float(v @ population @ v)) < abs(sample_variance - float(v @ population @ v))
+
+
+def test_fit_gaussians_spiked_is_the_gaussian_of_the_spiked_covariance():
+    """``shrinkage="spiked"``: each class kernel is exactly N(class mean, spiked_covariance(class residuals))."""
+    problem = bench.ClassConditionalGaussians(20, (0.6, 0.4), "class_specific", variance_factors=(6.0, 0.1), seed=3)
+    x, labels = problem.sample(1_500, seed=7)
+    x = (x - x.mean(0)) @ torch.linalg.inv(torch.linalg.cholesky(problem.covariances.mean(0))).T  # near-white
+    estimator = MixtureMIEstimator(20, 2, num_components=1, covariance="full").double()
+    estimator.fit_gaussians(x, labels, shrinkage="spiked")
+    means = torch.stack([x[labels == c].mean(0) for c in range(2)])  # [2, d]
+    residuals = x - means[labels]
+    expected = torch.stack(
+        [torch.distributions.MultivariateNormal(means[c], spiked_covariance(residuals[labels == c])).log_prob(x[:50])
+         for c in range(2)], 1
+    )  # fmt: skip  # [50, 2]
+    torch.testing.assert_close(estimator.all_log_probs(x[:50]), expected, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="shrinkage"):
+        estimator.fit_gaussians(x, labels, shrinkage="oas")
 
 
 def test_tiny_classes_share_the_pooled_covariance():

@@ -19,6 +19,7 @@ from .marginal import MarginalKernel
 from .validation import check_choice
 
 __all__ = [
+    "COVARIANCE_SHRINKAGES",
     "FIT_OBJECTIVES",
     "MI_MARGINALS",
     "MI_READOUTS",
@@ -31,6 +32,7 @@ __all__ = [
     "calibrated_log_posterior",
     "fit_temperature",
     "pooled_whitening",
+    "spiked_covariance",
     "TEMPERATURE_MIN_GAIN",
 ]
 
@@ -45,6 +47,9 @@ MI_MARGINALS = ("mixture", "kernel")
 #: How a mixture estimator is read out: ``likelihood`` (the raw difference of entropies) or ``calibrated``
 #: (:class:`CalibratedMixtureMIEstimator`: a tempered class posterior).
 MI_READOUTS = ("likelihood", "calibrated")
+#: Shrinkage of the full class covariances of :meth:`MixtureMIEstimator.fit_gaussians`: ``ledoit_wolf`` or
+#: ``spiked`` (:func:`spiked_covariance`).
+COVARIANCE_SHRINKAGES = ("ledoit_wolf", "spiked")
 
 
 @dataclass
@@ -256,14 +261,19 @@ class MixtureMIEstimator(MIEstimator):
         return self
 
     @torch.no_grad()
-    def fit_gaussians(self, x: Tensor, labels: Tensor, tied: bool = False) -> MixtureMIEstimator:
+    def fit_gaussians(
+        self, x: Tensor, labels: Tensor, tied: bool = False, shrinkage: str = "ledoit_wolf"
+    ) -> MixtureMIEstimator:
         """Fit one Gaussian per class (``num_components = 1``) in closed form; returns self.
 
         Means are the class means of ``x [N, d]``. Diagonal covariances (``diagonal``, ``shared_diagonal``): the
         maximum-likelihood variances (unbiased), per class or, when ``tied``, pooled within classes (every class
         then shares one diagonal: linear discriminant analysis in the coordinates of ``x``). ``full``: the
-        Ledoit-Wolf shrunk covariance of each class (regularised quadratic discriminant analysis), or the pooled
-        one when ``tied``. Classes with fewer than two samples, or a (nearly) singular estimate, get the pooled
+        shrunk covariance of each class (regularised quadratic discriminant analysis), or the pooled Ledoit-Wolf
+        one when ``tied``; ``shrinkage`` (:data:`COVARIANCE_SHRINKAGES`) is ``ledoit_wolf`` (linear shrinkage
+        towards a multiple of the identity) or ``spiked`` (:func:`spiked_covariance`: the identity plus the
+        eigen-directions that leave the Marchenko-Pastur bulk, for inputs whitened by the pooled within-class
+        covariance). Classes with fewer than two samples, or a (nearly) singular estimate, get the pooled
         covariance; classes without samples the overall mean. Also sets the class priors, as
         :meth:`init_from_samples` does.
         """
@@ -273,6 +283,7 @@ class MixtureMIEstimator(MIEstimator):
                 "fit_gaussians needs num_components=1 and a diagonal or full covariance, got "
                 f"num_components={kernel.num_components}, covariance={kernel.covariance!r}"
             )
+        check_choice(shrinkage, "shrinkage", COVARIANCE_SHRINKAGES)
         x64, labels = x.detach().double(), labels.long()
         counts = torch.bincount(labels, minlength=self.num_classes)  # [C]
         self.log_prior.copy_(((counts.double() + 1.0) / (counts.sum() + self.num_classes)).log())
@@ -290,7 +301,8 @@ class MixtureMIEstimator(MIEstimator):
             for c in range(self.num_classes):
                 # a class with few samples can have a (nearly) singular Ledoit-Wolf estimate (shrinkage 0 from two
                 # samples): it then shares the pooled one
-                cholesky = _cholesky_or_none(_ledoit_wolf(residuals[labels == c])) if own[c] else None  # [d, d]
+                shrunk = _ledoit_wolf if shrinkage == "ledoit_wolf" else spiked_covariance
+                cholesky = _cholesky_or_none(shrunk(residuals[labels == c])) if own[c] else None  # [d, d]
                 cholesky = pooled if cholesky is None else cholesky
                 # precision factor A = chol(covariance)^-1 (lower triangular, A^T A = covariance^-1), stored as
                 # A = (I + L) diag(exp(log_diag))
@@ -335,6 +347,38 @@ def _ledoit_wolf(residuals: Tensor) -> Tensor:
 
     covariance, _ = ledoit_wolf(residuals.detach().cpu().double().numpy(), assume_centered=True)
     return torch.from_numpy(covariance).to(residuals)
+
+
+def spiked_covariance(residuals: Tensor) -> Tensor:
+    """Covariance ``[d, d]`` of ``n`` class-centred samples ``[n, d]`` whose population is the identity plus a few
+    spikes (the within-class covariance of samples whitened by the pooled one, plus the class's own directions).
+
+    Eigen-directions of the sample covariance ``S`` (``n - 1`` degrees of freedom, ``gamma = d / (n - 1)``) whose
+    eigenvalue ``lambda`` leaves the Marchenko-Pastur bulk ``[(1 - sqrt(gamma))^2, (1 + sqrt(gamma))^2]`` are kept
+    as spikes: the population value ``l`` solves ``lambda = l + gamma l / (l - 1)``, the squared cosine between the
+    sample and population directions is ``c^2 = (1 - gamma / (l - 1)^2) / (1 + gamma / (l - 1))`` (Paul 2007), and
+    the spike's variance becomes ``1 + (l - 1) c^2``, the population variance along the sample direction (the
+    shrinker of Donoho, Gavish and Johnstone 2018 that minimises KL(true || estimate), i.e. the held-out
+    likelihood). Every other direction keeps variance 1, so classes differ only along their detected spikes
+    (Ledoit-Wolf's single shrinkage intensity removes those too when the rest is close to the identity).
+    """
+    x64 = residuals.detach().double()  # [n, d]
+    n, d = x64.shape
+    eye = torch.eye(d, dtype=x64.dtype, device=x64.device)
+    if n < 2:
+        return eye.to(residuals)
+    gamma = d / (n - 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(x64.T @ x64 / (n - 1))  # [d], [d, d]
+    upper = (1.0 + math.sqrt(gamma)) ** 2
+    lower = (1.0 - math.sqrt(gamma)) ** 2 if gamma < 1.0 else -math.inf  # no spike below the bulk when d >= n - 1
+    above, below = eigenvalues > upper, eigenvalues < lower  # [d], [d]
+    b = eigenvalues + 1.0 - gamma  # [d]  l^2 - b l + lambda = 0
+    root = (b.square() - 4.0 * eigenvalues).clamp_min(0.0).sqrt()  # [d]
+    population = torch.where(above, 0.5 * (b + root), 0.5 * (b - root))  # [d]  l (larger root above, smaller below)
+    excess = torch.where(above | below, population - 1.0, torch.ones_like(population))  # [d]  l - 1 (1 in the bulk)
+    cosine2 = ((1.0 - gamma / excess.square()) / (1.0 + gamma / excess)).clamp(0.0, 1.0)  # [d]
+    variances = torch.where(above | below, 1.0 + excess * cosine2, torch.ones_like(eigenvalues))  # [d]
+    return ((eigenvectors * variances) @ eigenvectors.T).to(residuals)  # [d, d]
 
 
 # ----------------------------------------------------------------------------------------------- calibrated readout
@@ -499,9 +543,11 @@ class CalibratedMixtureMIEstimator(MixtureMIEstimator):
         return self
 
     @torch.no_grad()
-    def fit_gaussians(self, x: Tensor, labels: Tensor, tied: bool = False) -> CalibratedMixtureMIEstimator:
+    def fit_gaussians(
+        self, x: Tensor, labels: Tensor, tied: bool = False, shrinkage: str = "ledoit_wolf"
+    ) -> CalibratedMixtureMIEstimator:
         """As :meth:`MixtureMIEstimator.fit_gaussians`, on the transformed samples; returns self."""
-        super().fit_gaussians(self.transform(x), labels, tied=tied)
+        super().fit_gaussians(self.transform(x), labels, tied=tied, shrinkage=shrinkage)
         return self
 
 
