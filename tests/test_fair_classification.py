@@ -358,6 +358,13 @@ def test_recommend_selects_on_validation_and_prefers_the_cheaper_method():
     assert best["method"] == "adversarial" and "no setting" in reason
     with pytest.raises(ValueError, match="no summary entry"):
         recommend([dict(method="none", weight=0.0, accuracy=0.5)], 0.02, 0.01)
+    # the demo's case: 0.796 - 0.776 is +0.020 on paper and 0.020000000000000018 in floating point
+    demo = [entry("none", 0.614, 0.138), entry("leace", 0.556, 0.008), entry("knife", 0.584, 0.796 - 0.776, weight=1.0)]
+    assert 0.796 - 0.776 > 0.02
+    best, reason = recommend(demo, max_leakage=0.02, max_accuracy_drop=0.02)
+    assert best["method"] == "knife" and "others under it: leace 0.556" in reason
+    best, reason = recommend(demo[:2], max_leakage=0.02, max_accuracy_drop=0.02)
+    assert "no other setting is under it" in reason
 
 
 def test_paired_differences_pair_seeds_and_skip_unpaired_references():

@@ -323,6 +323,10 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
               f"{e.get('tpr_gap', float('nan')):>8.3f} {e['mi_estimate']:>7.3f}")  # fmt: skip
 
 
+#: slack on the recommendation's comparisons, for differences of rates that are exact on paper
+FLOAT_SLACK = 1e-9
+
+
 def recommend(summary: list[dict[str, Any]], max_leakage: float, max_accuracy_drop: float) -> tuple[dict, str]:
     """The method a user should take, chosen on the validation split only: among the settings whose mean validation
     leakage (strongest attacker - majority) is at most ``max_leakage``, the most accurate on validation, preferring
@@ -332,7 +336,8 @@ def recommend(summary: list[dict[str, Any]], max_leakage: float, max_accuracy_dr
     if not rows:
         raise ValueError("no summary entry has validation accuracy and leakage to recommend from")
     cost = {"frozen": 0, "leace": 1, "inlp": 2}  # post-hoc on frozen features: seconds, no training
-    eligible = [e for e in rows if e["val_leakage"] <= max_leakage]
+    # leakage = accuracy - majority rate: on 500 validation rows exactly +0.020 computes as 0.020000000000000018
+    eligible = [e for e in rows if e["val_leakage"] <= max_leakage + FLOAT_SLACK]
     if not eligible:
         best = min(rows, key=lambda e: e["val_leakage"])
         return best, (
@@ -340,7 +345,7 @@ def recommend(summary: list[dict[str, Any]], max_leakage: float, max_accuracy_dr
             f"{_setting(best)} (validation leakage {best['val_leakage']:+.3f}, accuracy {best['val_accuracy']:.3f})"
         )
     top = max(e["val_accuracy"] for e in eligible)
-    close = [e for e in eligible if e["val_accuracy"] >= top - max_accuracy_drop]
+    close = [e for e in eligible if e["val_accuracy"] >= top - max_accuracy_drop - FLOAT_SLACK]
     best = min(close, key=lambda e: (cost.get(e["method"], 3), -e["val_accuracy"]))
     others = ", ".join(f"{_setting(e)} {e['val_accuracy']:.3f}" for e in sorted(eligible, key=lambda e: -e["val_accuracy"])
                        if e is not best)  # fmt: skip
@@ -349,7 +354,7 @@ def recommend(summary: list[dict[str, Any]], max_leakage: float, max_accuracy_dr
     return best, (
         f"{_setting(best)}: validation accuracy {best['val_accuracy']:.3f} at validation leakage "
         f"{best['val_leakage']:+.3f} (<= {max_leakage:+.3f}); the cheapest setting within {max_accuracy_drop:.3f} of the "
-        f"most accurate one under the leakage bound (others under it: {others or 'none'}){versus}"
+        f"most accurate one under the leakage bound ({f'others under it: {others}' if others else 'no other setting is under it'}){versus}"
     )
 
 
