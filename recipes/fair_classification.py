@@ -254,6 +254,11 @@ def run_group(
             row["head_reads_z"] = hasattr(model, "erasure") or script.representation == "pooler"
         if eraser is None and trained is not None:
             row["train_time_s"] = round(train_time, 1)
+            # the model's own head against a linear probe refitted on its Z: an under-trained head shows here
+            probe = fit_linear_head(z["train"], np.asarray(data["train"]["label"]), z["validation"],
+                                    np.asarray(data["validation"]["label"]), num_labels=num_labels, seed=seed)  # fmt: skip
+            row["refit_val_accuracy"] = probe.validation_accuracy
+            row["refit_accuracy"] = float((probe.predict(z["test"]) == np.asarray(data["test"]["label"])).mean())
             audit = score_run(row, z, own, script, data, sensitive, seed)
             out.append((row, trainer, audit))
             continue

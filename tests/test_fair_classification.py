@@ -75,6 +75,9 @@ def test_recipe_end_to_end_writes_results_and_plot(tiny_model_dir, tiny_csv, tmp
         assert row["majority_rate"] >= 1 / 3 - 1e-9  # three groups
         assert row["leakage"] == pytest.approx(row["attacker_accuracy"] - row["majority_rate"])
         assert {"logreg_accuracy", "mlp_accuracy", "tpr_gap", "dp_diff", "eo_diff", "mi_estimate"} <= set(row)
+        # the own head next to a linear probe refitted on the same Z (C chosen on validation)
+        assert 0.0 <= row["refit_accuracy"] <= 1.0 and 0.0 <= row["refit_val_accuracy"] <= 1.0
+    assert all("refit_accuracy" in e for e in results["summary"])
     header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
     assert {"method", "weight", "accuracy", "macro_f1", "leakage", "tpr_gap", "train_time_s"} <= set(header)
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000

@@ -192,7 +192,7 @@ def score_run(
 
 # ----------------------------------------------------------------------------------------------- reporting
 SUMMARY_KEYS = ("accuracy", "macro_f1", "attacker_accuracy", "leakage", "tpr_gap", "dp_diff", "eo_diff", "mi_estimate",
-                "val_accuracy", "val_leakage")
+                "val_accuracy", "val_leakage", "refit_accuracy")
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -314,11 +314,12 @@ def merge_results(folders: list[Path], output_dir: Path, order: tuple[str, ...])
 
 
 def print_summary(summary: list[dict[str, Any]]) -> None:
-    print(f"\n{'method':<18} {'weight':>8} {'seeds':>5} {'accuracy':>9} {'macro-F1':>9} {'attacker':>9} "
+    print(f"\n{'method':<18} {'weight':>8} {'seeds':>5} {'accuracy':>9} {'refit':>6} {'macro-F1':>9} {'attacker':>9} "
           f"{'majority':>9} {'leakage':>8} {'TPR-GAP':>8} {'I(Z;S)':>7}")  # fmt: skip
     for e in summary:
         weight = f"t={e['target']:g}" if e.get("target") is not None else f"{e['weight']:g}"
-        print(f"{e['method']:<18} {weight:>8} {e['num_seeds']:>5} {e['accuracy']:>9.3f} {e['macro_f1']:>9.3f} "
+        refit = f"{e['refit_accuracy']:.3f}" if e.get("refit_accuracy") is not None else "-"
+        print(f"{e['method']:<18} {weight:>8} {e['num_seeds']:>5} {e['accuracy']:>9.3f} {refit:>6} {e['macro_f1']:>9.3f} "
               f"{e['attacker_accuracy']:>9.3f} {e['majority_rate']:>9.3f} {e['leakage']:>+8.3f} "
               f"{e.get('tpr_gap', float('nan')):>8.3f} {e['mi_estimate']:>7.3f}")  # fmt: skip
 
