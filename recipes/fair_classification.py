@@ -226,6 +226,12 @@ def train_model(
     return trainer.model, trainer, time.perf_counter() - start
 
 
+def refit_head(z: dict[str, np.ndarray], data: Any, num_labels: int, seed: int) -> Any:
+    """A linear head (logistic regression, ``C`` chosen on validation) fitted on the training split's ``z [N, d]``."""
+    return fit_linear_head(z["train"], np.asarray(data["train"]["label"]), z["validation"],
+                           np.asarray(data["validation"]["label"]), num_labels=num_labels, seed=seed)  # fmt: skip
+
+
 def run_name_for(method: str, weight: float, target: float | None, seed: int) -> str:
     budget = f"_t{target:g}" if target is not None else ""
     return f"{method.replace('+', '_')}_w{weight:g}{budget}_s{seed}"
@@ -250,13 +256,12 @@ def run_group(
         if target is not None:
             row["target"] = target
         row["representation"] = script.representation
-        if trained is not None:
-            row["head_reads_z"] = hasattr(model, "erasure") or script.representation == "pooler"
+        if trained is not None:  # BERT's head reads the pooler, which is Z only for representation "pooler"
+            row["head_reads_z"] = script.classifier_input == "representation" or script.representation == "pooler"
         if eraser is None and trained is not None:
             row["train_time_s"] = round(train_time, 1)
             # the model's own head against a linear probe refitted on its Z: an under-trained head shows here
-            probe = fit_linear_head(z["train"], np.asarray(data["train"]["label"]), z["validation"],
-                                    np.asarray(data["validation"]["label"]), num_labels=num_labels, seed=seed)  # fmt: skip
+            probe = refit_head(z, data, num_labels, seed)
             row["refit_val_accuracy"] = probe.validation_accuracy
             row["refit_accuracy"] = float((probe.predict(z["test"]) == np.asarray(data["test"]["label"])).mean())
             audit = score_run(row, z, own, script, data, sensitive, seed)
@@ -269,8 +274,7 @@ def run_group(
             kwargs = {"num_iterations": script.inlp_iterations} if eraser == "inlp" else {}
             layer = fit_eraser(eraser, z["train"], s_train, seed=seed, **kwargs)
         erased = z if layer is None else {split: layer.erase(values) for split, values in z.items()}
-        head = fit_linear_head(erased["train"], np.asarray(data["train"]["label"]), erased["validation"],
-                               np.asarray(data["validation"]["label"]), num_labels=num_labels, seed=seed)  # fmt: skip
+        head = refit_head(erased, data, num_labels, seed)
         if layer is None:  # frozen: a linear probe on Z
             row.update(train_time_s=round(time.perf_counter() - start, 1), head_C=head.C)
             predictions = {split: head.predict(values) for split, values in z.items()}

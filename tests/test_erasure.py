@@ -192,7 +192,6 @@ def test_bad_inputs_raise_clear_errors(fitted):
 def test_pool_into_head_feeds_mean_pooled_z_trains_with_a_penalty_and_takes_an_eraser_later(tmp_path):
     """The head reads mean-pooled Z exactly; KNIFETrainer trains it with the MI penalty on that Z; a fitted eraser
     later replaces the identity layer; the result round-trips exactly."""
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from conftest import synthetic_dataset, training_args
     from transformers import default_data_collator
 
