@@ -23,7 +23,7 @@ from .estimators import (
     SchraudolphKernel,
 )
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
 
 _LAZY = {
     "KNIFEConfig": "config",

@@ -28,6 +28,7 @@ I(Z; S). Results go to ``results.json`` / ``results.csv`` and ``tradeoff.png`` (
 
     python recipes/fair_classification.py                                     # offline default: BUG + MiniLM
     python recipes/fair_classification.py --output_dir runs/fair --weights 0.1,1,10 --num_train_epochs 2
+    python recipes/fair_classification.py --methods none,adversarial --adversary_weights 0.01,0.03,0.1   # gradient reversal
     python recipes/fair_classification.py --methods leace,inlp,none,knife+leace --weights 0.03   # pip install ".[erasure]"
     python recipes/fair_classification.py --methods none,knife --targets 0.005,0.02   # budgets on I(Z;S) instead of weights
     accelerate launch --multi_gpu --num_processes 2 recipes/fair_classification.py --output_dir runs/fair  # + --use_cpu without GPU
@@ -116,11 +117,17 @@ class FairClassificationArguments:
     test_size: int = option(2000, "test sentences (reporting only)")
     max_length: int = option(64, "tokens per sentence")
     methods: str = option("none,knife,adversarial", "comma-separated: " + ", ".join(METHODS))
-    weights: str = option("1", "penalty weights swept for knife and adversarial")
+    weights: str = option("1", "penalty weights swept for knife")
+    adversary_weights: str = option("0.03", "penalty weights swept for adversarial (gradient reversal); 0.03 with "
+                                            "--adversary_lr 1e-3 was chosen on the BUG validation split "
+                                            "(results/fair_classification/adversary_selection.md)")
+    adversary_lr: float = option(1e-3, "learning rate of the adversary MLP (the adversarial methods' "
+                                       "--knife_estimator_lr); at 1e-2 the adversary oscillates and the encoder "
+                                       "exploits it")
     targets: str | None = option(None, "comma-separated budgets on I(Z;S) in nats (KNIFEConfig.target), e.g. "
                                        "0.005,0.02: knife methods run once per target instead of once per weight, the "
-                                       "first --weights value being the initial multiplier; methods swept by weights "
-                                       "(adversarial) are refused with it")
+                                       "first --weights value being the initial multiplier; methods swept by "
+                                       "--adversary_weights are refused with it")
     seeds: str = option("0", "comma-separated seeds (paired across methods)")
     representation: str = option("auto", "Z for the penalty, the erasure and the audit: pooler, cls, mean or module; "
                                          "'auto': mean for sentence-transformers checkpoints (modules.json, "
@@ -194,7 +201,7 @@ def knife_config_for(
     if target is not None:
         values["knife_target"] = target
     if method == "adversarial":
-        values["knife_hidden_dims"] = [script.adversary_hidden_dim]
+        values.update(knife_hidden_dims=[script.adversary_hidden_dim], knife_estimator_lr=script.adversary_lr)
     return dataclasses.replace(args, **values).to_knife_config()
 
 
@@ -299,10 +306,12 @@ def run_group(
 
 # ----------------------------------------------------------------------------------------------- main
 def plan_runs(
-    methods: list[str], weights: list[float], targets: list[float] | None
+    methods: list[str], weights: list[float], targets: list[float] | None,
+    adversary_weights: list[float] | None = None,
 ) -> list[tuple[str | None, float, float | None, list[str]]]:
     """``[(trained, weight, target, methods)]``: one training (None: the frozen encoder) per entry, in the order of
-    ``methods``, and the methods scored on it (e.g. ``knife`` and ``knife+leace`` share one training)."""
+    ``methods``, and the methods scored on it (e.g. ``knife`` and ``knife+leace`` share one training). Adversarial
+    methods sweep ``adversary_weights`` (default: ``weights``)."""
     groups: dict[tuple[str | None, float, float | None], list[str]] = {}
     for method in methods:
         trained, _ = parse_method(method)
@@ -311,10 +320,22 @@ def plan_runs(
         elif targets is not None and trained in TARGET_METHODS:
             keys = [(trained, weights[0], t) for t in targets]
         else:
-            keys = [(trained, w, None) for w in weights if w > 0]
+            swept = adversary_weights if trained == "adversarial" and adversary_weights is not None else weights
+            keys = [(trained, w, None) for w in swept if w > 0]
         for key in keys:
             groups.setdefault(key, []).append(method)
     return [(*key, group) for key, group in groups.items()]
+
+
+def parse_weights(value: str, name: str) -> list[float]:
+    """Comma-separated penalty weights, each finite and >= 0 (a clear error naming ``--name`` otherwise)."""
+    try:
+        weights = [float(w) for w in value.split(",") if w.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {value!r}") from None
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise ValueError(f"--{name} must be finite numbers >= 0, got {value!r}")
+    return weights
 
 
 def check_options(script, args, methods: list[str], weights: list[float]) -> list[float] | None:
@@ -322,8 +343,8 @@ def check_options(script, args, methods: list[str], weights: list[float]) -> lis
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {', '.join(map(repr, METHODS))}")
-    if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise ValueError(f"--weights must be finite numbers >= 0, got {script.weights}")
+    if not (math.isfinite(script.adversary_lr) and script.adversary_lr > 0):
+        raise ValueError(f"--adversary_lr must be a finite number > 0, got {script.adversary_lr}")
     unknown = [a for a in script.audit_attackers.split(",") if a.strip() and a.strip() not in ATTACKERS]
     if unknown or not script.audit_attackers.strip():
         raise ValueError(f"--audit_attackers: unknown {unknown}; expected names from {', '.join(ATTACKERS)}")
@@ -343,7 +364,7 @@ def check_options(script, args, methods: list[str], weights: list[float]) -> lis
         if by_weight:
             raise ValueError(
                 f"--targets sets budgets for {', '.join(TARGET_METHODS)} methods; {', '.join(by_weight)} take "
-                "--weights: run them in a separate invocation (then --merge_from the output folders)"
+                "--adversary_weights: run them in a separate invocation (then --merge_from the output folders)"
             )
         if not any(parse_method(m)[0] in TARGET_METHODS for m in methods):
             raise ValueError(f"--targets needs a method that takes a budget ({', '.join(TARGET_METHODS)}), "
@@ -362,7 +383,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     argv = sys.argv[1:] if argv is None else argv
     script, args = parser.parse_args_into_dataclasses(args=RECIPE_DEFAULTS + list(argv))
     methods = [m.strip() for m in script.methods.split(",") if m.strip()]
-    weights = [float(w) for w in script.weights.split(",") if w.strip()]
+    weights = parse_weights(script.weights, "weights")
+    adversary_weights = parse_weights(script.adversary_weights, "adversary_weights")
     seeds = [int(s) for s in script.seeds.split(",") if s.strip()]
     if script.merge_from:
         folders = [Path(d) for d in script.merge_from.split(",") if d.strip()]
@@ -380,7 +402,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if script.representation == "auto":
         script.representation, representation_reason = default_representation(model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    plan = plan_runs(methods, weights, targets)
+    plan = plan_runs(methods, weights, targets, adversary_weights)
     rows, best = [], None
     main_process = args.process_index == 0  # under `accelerate launch` every process audits; one reports
     if main_process:

@@ -11,7 +11,9 @@ Model: a pre-trained encoder, a pooled sentence vector (mean over the attention 
 
 The two weights differ by default (``--beta 0.001``, ``--vib_beta 0.01``): at 0.01 the KNIFE penalty collapsed z onto
 noise on BBC News (validation accuracy 0.52 against 0.91 at 0.001; ``results/fine_tuning/knife_beta_selection.json``).
-beta rises linearly from 0 over the first ``--anneal_fraction`` of the training steps (``--knife_anneal_steps``
+Either weight may be a grid (``--beta 0.0003,0.001,0.003``): every value is trained on every seed and the one with
+the best mean validation metric is reported, so both methods are tuned by the same procedure and budget. beta
+rises linearly from 0 over the first ``--anneal_fraction`` of the training steps (``--knife_anneal_steps``
 overrides). Seeds are paired across methods: the same training subset, batch order and initialisation of the
 added layers. The best epoch is chosen on a validation split that is disjoint from the test split; the test metric
 of that epoch is reported per seed, with the mean and std per method and the paired difference to ``none`` with a
@@ -54,10 +56,12 @@ from common.cli import option  # noqa: E402
 from common.data import resolve_model_name_or_path  # noqa: E402
 from common.paired_report import (  # noqa: E402
     format_table,
+    merge,
     plot_results,
     plot_title,
     previous_rows,
     report,
+    select_betas,
     summarize,
     write_results,
 )
@@ -107,8 +111,11 @@ class ScriptArguments:
     max_length: int = option(64, "maximum tokens per example")
     pooling: str = option("mean", "sentence vector: 'mean' (over the mask) or 'cls'")
     bottleneck_dim: int = option(64, "size of the (stochastic) bottleneck z")
-    beta: float = option(0.001, "KNIFE bottleneck weight on I(X;Z) in nats (chosen on BBC validation: 0.01 collapsed z)")
-    vib_beta: float | None = option(0.01, "VIB weight on KL(q(z|x) || N(0, I)); None: the same as --beta")
+    beta: str = option("0.001", "KNIFE bottleneck weight on I(X;Z) in nats, or a comma-separated grid: each value is "
+                                "trained on every seed and the one with the best mean validation metric is reported "
+                                "(the test split is not used to choose)")
+    vib_beta: str | None = option("0.01", "VIB weight on KL(q(z|x) || N(0, I)), or a grid as for --beta; None: the "
+                                          "same as --beta")
     anneal_fraction: float = option(0.3, "beta rises linearly from 0 over this fraction of the training steps (unless "
                                          "--knife_anneal_steps is set); 0: constant beta")
     push_method: str | None = option(None, "with --push_to_hub: the method whose first-seed model is pushed (default "
@@ -118,6 +125,9 @@ class ScriptArguments:
                                  "beta (method, seed pairs), and train only the missing ones")
     report_only: bool = option(False, "no training: rebuild the summary, table and plot from <output_dir>/results.json, "
                                       "keeping the seeds that every method finished (for an interrupted run)")
+    merge_from: str | None = option(None, "comma-separated output folders of runs of the same setting (e.g. methods run "
+                                          "in parallel processes): merge their rows into --output_dir and report (weights "
+                                          "chosen on validation); no training")
     monitor: bool = option(False, "add hf_knife.KNIFEMonitorCallback: entropy and I(Z; label) of three encoder layers on "
                                   "the validation split, logged as knife_monitor/*, information plane in each run's folder")
     monitor_every_n_steps: int = option(200, "with --monitor: measure every this many optimizer steps")
@@ -181,10 +191,7 @@ def check_script_arguments(script: ScriptArguments) -> tuple[list[str], list[int
         raise ValueError(f"--pooling must be 'mean' or 'cls', got {script.pooling!r}")
     if script.bottleneck_dim < 1:
         raise ValueError(f"--bottleneck_dim must be >= 1, got {script.bottleneck_dim}")
-    for name in ("beta", "vib_beta"):
-        value = getattr(script, name)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"--{name} must be a finite number >= 0, got {value}")
+    beta_grid(script)  # finite weights >= 0, no duplicates
     if not 0 <= script.anneal_fraction <= 1:
         raise ValueError(f"--anneal_fraction must be in [0, 1], got {script.anneal_fraction}")
     for name in ("num_train_per_class", "num_train_samples", "validation_size", "test_size", "max_length"):
@@ -214,11 +221,31 @@ def resolve_metric(metric: str, task: str) -> str:
 
 
 
-def knife_config_for(method: str, script: ScriptArguments, training: FineTuningArguments, total_steps: int):
-    """The information-bottleneck KNIFEConfig of ``method`` ('none': None), from the ``--knife_*`` options."""
+def beta_grid(script: ScriptArguments) -> dict[str, list[float]]:
+    """The weights each method is trained with: ``{"none": [0.0], "vib": [...], "knife": [...]}``."""
+    grid = {"none": [0.0]}
+    for method, name in (("knife", "beta"), ("vib", "vib_beta")):
+        value = getattr(script, name)
+        if value is None:
+            value, name = script.beta, "beta"
+        items = _parse_list(str(value), name)
+        try:
+            betas = [float(v) for v in items]
+        except ValueError:
+            raise ValueError(f"--{name} must be a number or comma-separated numbers, got {value!r}") from None
+        if not all(math.isfinite(b) and b >= 0 for b in betas):
+            raise ValueError(f"--{name} must be finite numbers >= 0, got {value!r}")
+        grid[method] = betas
+    return grid
+
+
+def knife_config_for(
+    method: str, script: ScriptArguments, training: FineTuningArguments, total_steps: int, beta: float
+):
+    """The information-bottleneck KNIFEConfig of ``method`` at weight ``beta`` ('none': None), from the
+    ``--knife_*`` options."""
     if method == "none":
         return None
-    beta = script.vib_beta if method == "vib" and script.vib_beta is not None else script.beta
     anneal = training.knife_anneal_steps or int(round(script.anneal_fraction * total_steps))
     return dataclasses.replace(
         training, knife_penalty="information_bottleneck", knife_ib_estimator=method, knife_weight=float(beta),
@@ -348,37 +375,48 @@ def run(script: ScriptArguments, training: FineTuningArguments) -> dict[str, Any
     start_all = time.time()
 
     def payload(complete: bool) -> dict[str, Any]:
-        return {"setting": setting, "rows": rows, "summary": summarize(rows, methods, metric),
-                "wall_s_total": round(time.time() - start_all, 1), "complete": complete}  # fmt: skip
+        chosen, selection = select_betas(rows, metric)
+        return {"setting": setting, "rows": rows, "summary": summarize(chosen, methods, metric),
+                "beta_selection": selection, "wall_s_total": round(time.time() - start_all, 1),
+                "complete": complete}  # fmt: skip
 
-    progress = tqdm(total=len(seeds) * len(methods), desc="runs", disable=not main_process or training.disable_tqdm)
+    grid = beta_grid(script)
+    if training.push_to_hub and len(grid[shared.push_method]) > 1:
+        raise ValueError(f"--push_to_hub with a grid of weights for {shared.push_method}: choose the weight first "
+                         "(on validation), then push a run with that single weight")  # fmt: skip
+    runs = [(method, beta) for method in methods for beta in grid[method]]  # (method, beta) per seed
+    progress = tqdm(total=len(seeds) * len(runs), desc="runs", disable=not main_process or training.disable_tqdm)
     for seed in seeds:
         train = tokenize(splits[seed]["train"], tokenizer, script.max_length, pair)
         batch = training.per_device_train_batch_size * training.gradient_accumulation_steps * world
         total_steps = training.max_steps if training.max_steps > 0 else math.ceil(
             math.ceil(len(train) / batch) * training.num_train_epochs)  # fmt: skip
-        for method in methods:
-            progress.set_postfix(seed=seed, method=method)
-            knife_config = knife_config_for(method, script, training, total_steps)
-            old = reusable.get((method, seed))
-            if old is not None and old.get("beta") == (None if knife_config is None else knife_config.weight):
+        for method, beta in runs:
+            progress.set_postfix(seed=seed, method=method, beta=beta)
+            knife_config = knife_config_for(method, script, training, total_steps, beta)
+            old = reusable.get((method, seed, None if knife_config is None else knife_config.weight))
+            if old is not None:
                 rows.append({**old, "reused": True})  # --resume: same setting, seed and beta
                 progress.update(1)
                 continue
             row = train_one(shared, method, seed, train, knife_config)
             rows.append(row)
             if main_process:
-                write_results(output_dir, payload(complete=False), rows)
+                write_results(output_dir, payload(complete=False), rows, select_betas(rows, metric)[0])
                 tqdm.write(f"[{method} seed {seed}] test {metric} {row[f'test_{metric}']:.4f} (validation "
                            f"{row[f'validation_{metric}']:.4f} at epoch {row['best_epoch']}, {row['wall_s']} s)")  # fmt: skip
             progress.update(1)
     progress.close()
 
     final = payload(complete=True)
+    chosen, _ = select_betas(rows, metric)
     if main_process:
-        write_results(output_dir, final, rows)
+        write_results(output_dir, final, rows, chosen)
         if script.plot:
-            plot_results(rows, final["summary"], methods, output_dir / "results.png", plot_title(setting, len(seeds)))
+            plot_results(chosen, final["summary"], methods, output_dir / "results.png", plot_title(setting, len(seeds)))
+        for method, entry in final["beta_selection"].items():
+            if len(entry["validation_mean"]) > 1:
+                print(f"{method}: beta {entry['chosen']:g} chosen on validation ({entry['validation_mean']})")
         print(format_table(final["summary"]))
         print(f"results: {output_dir / 'results.json'} ({final['wall_s_total']} s)")
     return final
@@ -389,6 +427,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     script, training = parse_args(argv)
     if script.report_only:
         return report(Path(training.output_dir), script.plot)
+    if script.merge_from:
+        folders = [Path(f.strip()) for f in script.merge_from.split(",") if f.strip()]
+        return merge(folders, Path(training.output_dir), script.plot)
     return run(script, training)
 
 

@@ -63,7 +63,8 @@ def recipe_args(model_dir, csv, output_dir, *extra):
 def test_recipe_end_to_end_writes_results_and_plot(tiny_model_dir, tiny_csv, tmp_path):
     recipe = load_recipe()
     rows = recipe.main(
-        recipe_args(tiny_model_dir, tiny_csv, tmp_path, "--weights", "0.5,2", "--knife_num_components", "4")
+        recipe_args(tiny_model_dir, tiny_csv, tmp_path, "--weights", "0.5,2", "--adversary_weights", "0.5,2",
+                    "--knife_num_components", "4")
     )
     assert [(r["method"], r["weight"]) for r in rows] == [
         ("none", 0.0), ("knife", 0.5), ("knife", 2.0), ("adversarial", 0.5), ("adversarial", 2.0)
@@ -108,6 +109,8 @@ def test_push_to_hub_card_reports_the_audit(tiny_model_dir, tiny_csv, tmp_path, 
     [
         (["--methods", "none,fair"], "unknown method 'fair'"),
         (["--weights", "-1"], "weights must be finite"),
+        (["--adversary_weights", "0.1,nan"], "--adversary_weights must be finite"),
+        (["--adversary_weights", "a"], "--adversary_weights must be comma-separated numbers"),
         (["--sensitive_column", "nope"], "nope"),
         (["--label_column", "missing"], "missing"),
     ],
@@ -251,8 +254,9 @@ def test_push_to_hub_knife_leace_pushes_the_erased_model(tiny_model_dir, tiny_cs
 @pytest.mark.parametrize(
     "extra,match",
     [
-        (["--methods", "adversarial", "--targets", "0.01"], "adversarial take --weights"),
-        (["--methods", "knife,adversarial+leace", "--targets", "0.01"], "adversarial\\+leace take --weights"),
+        (["--methods", "adversarial", "--targets", "0.01"], "adversarial take --adversary_weights"),
+        (["--methods", "knife,adversarial+leace", "--targets", "0.01"], "adversarial\\+leace take --adversary_weights"),
+        (["--adversary_lr", "0"], "--adversary_lr must be a finite number > 0"),
         (["--methods", "none", "--targets", "0.01"], "needs a method that takes a budget"),
         (["--methods", "knife", "--targets", "-0.5"], "finite budgets > 0"),
         (["--methods", "knife", "--targets", "a,b"], "comma-separated numbers"),
@@ -291,6 +295,11 @@ def test_targets_sweep_replaces_the_weight_sweep_for_knife(tiny_model_dir, tiny_
     assert recipe.plan_runs(["leace", "adversarial", "inlp"], [0.1, 0, 1.0], None) == [
         (None, 0.0, None, ["leace", "inlp"]), ("adversarial", 0.1, None, ["adversarial"]),
         ("adversarial", 1.0, None, ["adversarial"]),
+    ]  # fmt: skip
+    # the adversary sweeps its own weights; knife keeps --weights
+    assert recipe.plan_runs(["knife", "adversarial", "adversarial+leace"], [1.0], None, [0.01, 0.03]) == [
+        ("knife", 1.0, None, ["knife"]), ("adversarial", 0.01, None, ["adversarial", "adversarial+leace"]),
+        ("adversarial", 0.03, None, ["adversarial", "adversarial+leace"]),
     ]  # fmt: skip
     seen = []
     real = recipe.knife_config_for
@@ -411,3 +420,18 @@ def test_trained_head_reads_the_pooled_representation(tiny_model_dir, tiny_csv, 
         np.testing.assert_array_equal(own["test"], on_z)
     else:
         assert not hasattr(model, "erasure")
+
+
+def test_the_adversary_gets_its_own_learning_rate_and_knife_keeps_the_estimators(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_knife.trainer import KNIFETrainingArguments
+
+    recipe = load_recipe()
+    args = KNIFETrainingArguments(output_dir=str(tmp_path), knife_estimator_lr=0.02, report_to="none", use_cpu=True)
+    script = SimpleNamespace(representation="mean", adversary_hidden_dim=16, adversary_lr=3e-4)
+    adversary = recipe.knife_config_for("adversarial", 0.03, args, script, "gender")
+    assert (adversary.penalty, adversary.weight, adversary.estimator_lr) == ("adversarial", 0.03, 3e-4)
+    assert adversary.hidden_dims == [16]
+    knife = recipe.knife_config_for("knife", 1.0, args, script, "gender")
+    assert (knife.penalty, knife.estimator_lr) == ("mutual_information", 0.02)

@@ -237,6 +237,9 @@ def test_conditional_entropy_of_the_gaussian_head_matches_torch_distributions(tm
         (["--train_file", "{cls}", "--methods", "none,ib"], "unknown method"),
         (["--train_file", "{cls}", "--seeds", "1,x"], "comma-separated integers"),
         (["--train_file", "{cls}", "--knife_penalty", "mutual_information"], "information bottleneck"),
+        (["--train_file", "{cls}", "--beta", "0.001,-1"], "--beta must be finite numbers >= 0"),
+        (["--train_file", "{cls}", "--vib_beta", "0.01,x"], "--vib_beta must be a number or comma-separated"),
+        (["--train_file", "{cls}", "--beta", "0.1,0.1"], "--beta has duplicates"),
     ],
 )  # fmt: skip
 def test_bad_input_fails_before_training(assets, tmp_path, extra, message):
@@ -260,6 +263,7 @@ def test_push_to_hub_pushes_the_chosen_run_and_it_reloads(assets, tmp_path, fake
 
     assert KNIFEConfig.from_pretrained(hub).information_bottleneck.estimator == "knife"  # --push_method: the last
     assert fake_hub.uploads and all(repo == "user/ft-test" for repo in fake_hub.uploads)
+    uploads_before = len(fake_hub.uploads)
     from common.bottleneck import load_model
 
     model = load_model(hub).eval()
@@ -268,6 +272,10 @@ def test_push_to_hub_pushes_the_chosen_run_and_it_reloads(assets, tmp_path, fake
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     assert logits.shape == (1, 3) and torch.isfinite(logits).all()
+    # a grid of weights for the pushed method is refused before training: choose the weight first
+    with pytest.raises(ValueError, match="grid of weights for knife"):
+        ft.main([*argv, "--beta", "0.001,0.01"])
+    assert len(fake_hub.uploads) == uploads_before
 
 
 # ---------------------------------------------------------------------------- seed statistics (recipes/common/stats.py)
@@ -291,3 +299,77 @@ def test_seed_statistics_match_scipy():
         {"k": "a", "num_seeds": 2, "v_mean": 2.0, "v_std": pytest.approx(math.sqrt(2))},
         {"k": "b", "num_seeds": 2, "v_mean": 2.0, "v_std": 0.0},  # one value: std 0 (synthetic tables)
     ]
+
+
+# ---------------------------------------------------------------------------- a weight grid chosen on validation
+def test_select_betas_reads_validation_only_over_common_seeds():
+    from common.paired_report import select_betas
+
+    def row(method, beta, seed, val, test):
+        return {"method": method, "beta": beta, "seed": seed, "validation_accuracy": val, "test_accuracy": test}
+
+    rows = [
+        row("none", None, 1, 0.50, 0.50), row("none", None, 2, 0.52, 0.52),
+        row("knife", 0.1, 1, 0.60, 0.10), row("knife", 0.1, 2, 0.58, 0.10),  # best on validation, worst on test
+        row("knife", 1.0, 1, 0.55, 0.90), row("knife", 1.0, 2, 0.56, 0.90),
+        row("knife", 1.0, 3, 0.99, 0.90),  # seed 3 only for 1.0: not comparable, not counted
+        row("vib", 0.01, 1, 0.40, 0.4), row("vib", 0.03, 1, 0.40, 0.5),  # a tie: the first weight run
+    ]  # fmt: skip
+    chosen, selection = select_betas(rows, "accuracy")
+    assert selection["knife"]["chosen"] == 0.1 and selection["knife"]["seeds"] == [1, 2]
+    assert selection["knife"]["validation_mean"] == {0.1: pytest.approx(0.59), 1.0: pytest.approx(0.555)}
+    assert selection["vib"]["chosen"] == 0.01 and selection["none"]["chosen"] is None
+    assert [(r["method"], r["beta"], r["seed"]) for r in chosen] == [
+        ("none", None, 1), ("none", None, 2), ("knife", 0.1, 1), ("knife", 0.1, 2), ("vib", 0.01, 1)
+    ]  # fmt: skip
+
+
+def test_a_beta_grid_trains_every_weight_and_reports_the_validation_choice(assets, tmp_path):
+    out = tmp_path / "grid"
+    argv = _argv(assets, out, "--train_file", str(assets / "cls.csv"), "--num_train_per_class", "4",
+                 "--seeds", "1,2", "--validation_size", "12", "--test_size", "12", "--methods", "none,knife",
+                 "--beta", "0.001,0.5")  # fmt: skip
+    payload = ft.main(argv)
+    rows = payload["rows"]
+    assert [(r["method"], r["beta"], r["seed"]) for r in rows] == [
+        (m, b, s) for s in (1, 2) for m, b in (("none", None), ("knife", 0.001), ("knife", 0.5))
+    ]
+    means = {b: np.mean([r["validation_accuracy"] for r in rows if r["beta"] == b]) for b in (0.001, 0.5)}
+    best = max((0.001, 0.5), key=lambda b: (means[b], b == 0.001))  # ties: the first weight
+    selection = payload["beta_selection"]["knife"]
+    assert selection["chosen"] == best and selection["validation_mean"] == {b: pytest.approx(means[b]) for b in means}
+    by = {(r["method"], r["seed"]): r["test_accuracy"] for r in rows if r["beta"] in (None, best)}
+    diff = payload["summary"]["paired_difference_to_none"]["knife"]
+    assert diff["differences"] == [by["knife", s] - by["none", s] for s in (1, 2)]
+    assert payload["summary"]["methods"]["knife"]["n"] == 2
+    # every run stays in the files; the summary and --report_only use the chosen weight
+    assert len(pd.read_csv(out / "results.csv")) == 6
+    again = ft.main(["--output_dir", str(out), "--report_only"])
+    assert again["beta_selection"]["knife"]["chosen"] == best
+    assert again["summary"]["paired_difference_to_none"]["knife"]["differences"] == diff["differences"]
+    # --resume reuses every (method, seed, beta) already run
+    resumed = ft.main([*argv, "--resume"])
+    assert all(r.get("reused") for r in resumed["rows"])
+
+
+def test_merge_from_joins_methods_run_in_parallel_processes(assets, tmp_path):
+    common = ["--train_file", str(assets / "cls.csv"), "--num_train_per_class", "4", "--seeds", "1,2",
+              "--validation_size", "12", "--test_size", "12", "--no_plot"]  # fmt: skip
+    a = ft.main(_argv(assets, tmp_path / "a", *common, "--methods", "none,vib", "--vib_beta", "0.01,0.1"))
+    b = ft.main(_argv(assets, tmp_path / "b", *common, "--methods", "knife"))
+    merged = ft.main(["--merge_from", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--output_dir", str(tmp_path / "m"),
+                      "--no_plot"])  # fmt: skip
+    assert merged["setting"]["methods"] == ["none", "vib", "knife"] and len(merged["rows"]) == 8
+    assert merged["beta_selection"]["vib"] == a["beta_selection"]["vib"]
+    by = {(r["method"], r["seed"]): r["test_accuracy"] for r in a["rows"] + b["rows"]
+          if r["method"] != "vib" or r["beta"] == a["beta_selection"]["vib"]["chosen"]}  # fmt: skip
+    for method in ("vib", "knife"):
+        diff = merged["summary"]["paired_difference_to_none"][method]
+        assert diff["differences"] == [by[method, s] - by["none", s] for s in (1, 2)]
+    assert "paired_difference_knife_minus_vib" in merged["summary"]
+    with pytest.raises(ValueError, match="repeats the run"):
+        ft.main(["--merge_from", f"{tmp_path / 'a'},{tmp_path / 'a'}", "--output_dir", str(tmp_path / "m2")])
+    other = ft.main(_argv(assets, tmp_path / "c", *common, "--methods", "knife", "--bottleneck_dim", "6"))
+    assert other["rows"]
+    with pytest.raises(ValueError, match="different setting.*bottleneck_dim"):
+        ft.main(["--merge_from", f"{tmp_path / 'a'},{tmp_path / 'c'}", "--output_dir", str(tmp_path / "m3")])

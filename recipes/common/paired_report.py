@@ -137,28 +137,53 @@ def write_results(
         (output_dir / "summary.md").write_text(markdown_table(payload["summary"], summary_rows), encoding="utf-8")
 
 
-#: Script arguments that may differ between a resumed run and the one it continues.
+#: Script arguments that may differ between a resumed run and the one it continues (or between merged runs).
 _RESUME_FREE = {"methods", "seeds", "beta", "vib_beta", "resume", "push_method", "plot", "report_only", "monitor",
-                "monitor_every_n_steps"}  # fmt: skip
+                "monitor_every_n_steps", "merge_from"}  # fmt: skip
 
 
-def previous_rows(output_dir: Path, setting: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Rows of ``<output_dir>/results.json`` by (method, seed) when its setting matches (``--resume``)."""
+def _setting_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The names of what differs between two runs' settings, other than methods, seeds and weights."""
+    keys = ("dataset", "dataset_config_name", "task", "metric", "num_labels", "model", "num_train",
+            "num_train_per_class", "num_validation", "num_test", "training")  # fmt: skip
+    differ = [k for k in keys if old.get(k) != new.get(k)]
+    old_script, new_script = old["script_arguments"], new["script_arguments"]
+    differ += [k for k in new_script if k not in _RESUME_FREE and old_script.get(k) != new_script[k]]
+    if old.get("knife_arguments") != new.get("knife_arguments"):
+        differ.append("knife_arguments")
+    return differ
+
+
+def select_betas(rows: list[dict[str, Any]], metric: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per method, the weight (row key ``beta``) with the best mean validation metric over the seeds that every
+    weight of that method finished (ties: the first weight run); returns the rows of the chosen weights and
+    ``{method: {"chosen": beta, "validation_mean": {beta: mean}, "seeds": [...]}}``. The test metric is not read."""
+    key = f"validation_{metric}"
+    selection: dict[str, Any] = {}
+    chosen_rows: list[dict[str, Any]] = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        betas = list(dict.fromkeys(r["beta"] for r in mine))
+        seeds_of = [{r["seed"] for r in mine if r["beta"] == b} for b in betas]
+        common = sorted(set.intersection(*seeds_of))
+        means = {b: float(np.mean([r[key] for r in mine if r["beta"] == b and r["seed"] in common])) if common
+                 else math.nan for b in betas}  # fmt: skip
+        best = max(betas, key=lambda b: (means[b] if math.isfinite(means[b]) else -math.inf))
+        selection[method] = {"chosen": best, "validation_mean": means, "seeds": common}
+        chosen_rows += [r for r in mine if r["beta"] == best]
+    return chosen_rows, selection
+
+
+def previous_rows(output_dir: Path, setting: dict[str, Any]) -> dict[tuple[str, int, float | None], dict[str, Any]]:
+    """Rows of ``<output_dir>/results.json`` by (method, seed, beta) when its setting matches (``--resume``)."""
     path = output_dir / "results.json"
     if not path.is_file():
         return {}
     old = read_results(output_dir, "--resume")
-    old_setting = old["setting"]
-    keys = ("dataset", "dataset_config_name", "task", "metric", "num_labels", "model", "num_train",
-            "num_train_per_class", "num_validation", "num_test", "training")  # fmt: skip
-    differ = [k for k in keys if old_setting.get(k) != setting.get(k)]
-    old_script, new_script = old_setting["script_arguments"], setting["script_arguments"]
-    differ += [k for k in new_script if k not in _RESUME_FREE and old_script.get(k) != new_script[k]]
-    if "knife_arguments" in old_setting and old_setting["knife_arguments"] != setting["knife_arguments"]:
-        differ.append("knife_arguments")
+    differ = _setting_differences(old["setting"], setting)
     if differ:
         raise ValueError(f"--resume: {path} was made with a different setting ({', '.join(differ)})")
-    return {(r["method"], r["seed"]): r for r in old["rows"]}
+    return {(r["method"], r["seed"], r.get("beta")): r for r in old["rows"]}
 
 
 def report(output_dir: Path, plot: bool = True) -> dict[str, Any]:
@@ -166,16 +191,47 @@ def report(output_dir: Path, plot: bool = True) -> dict[str, Any]:
     payload = read_results(output_dir, "--report_only")
     setting, rows = payload["setting"], payload["rows"]
     methods = setting["methods"]
-    done = {m: {r["seed"] for r in rows if r["method"] == m} for m in methods}
-    complete = sorted(set.intersection(*done.values())) if done else []
-    kept = [r for r in rows if r["seed"] in complete]
+    done = {(r["method"], r.get("beta")): set() for r in rows}
+    for r in rows:
+        done[r["method"], r.get("beta")].add(r["seed"])
+    missing = [m for m in methods if not any(k[0] == m for k in done)]
+    complete = [] if missing or not done else sorted(set.intersection(*done.values()))
+    kept, selection = select_betas([r for r in rows if r["seed"] in complete], setting["metric"])
     summary = summarize(kept, methods, setting["metric"])
-    # every row stays in results.json / .csv; the summary uses the complete seeds
+    # every row stays in results.json / .csv; the summary uses the complete seeds (every method and weight)
     summary["complete_seeds"] = complete
-    payload.update(summary=summary)
+    payload.update(summary=summary, beta_selection=selection)
     write_results(output_dir, payload, rows, kept)
     if plot and kept:
         plot_results(kept, summary, methods, output_dir / "results.png", plot_title(setting, len(complete)))
     print(format_table(summary))
     return payload
 
+
+
+def merge(folders: list[Path], output_dir: Path, plot: bool = True) -> dict[str, Any]:
+    """``--merge_from``: the rows of several runs of one setting (e.g. methods run in parallel processes) in one
+    ``<output_dir>/results.json``, then the summary of :func:`report` (weights chosen on validation)."""
+    if not folders:
+        raise ValueError("--merge_from needs at least one output folder")
+    payloads = [read_results(folder, "--merge_from") for folder in folders]
+    setting = dict(payloads[0]["setting"])
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for folder, payload in zip(folders, payloads):
+        differ = _setting_differences(setting, payload["setting"])
+        if differ:
+            raise ValueError(f"--merge_from: {folder} was made with a different setting ({', '.join(differ)})")
+        for row in payload["rows"]:
+            key = (row["method"], row["seed"], row.get("beta"))
+            if key in seen:
+                raise ValueError(f"--merge_from: {folder} repeats the run {key} (method, seed, beta)")
+            seen.add(key)
+            rows.append(row)
+    setting["methods"] = list(dict.fromkeys(m for p in payloads for m in p["setting"]["methods"]))
+    setting["seeds"] = sorted({r["seed"] for r in rows})
+    setting["merged_from"] = [str(folder) for folder in folders]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(output_dir / "results.json", {"setting": setting, "rows": rows, "complete": True}, indent=2,
+               default=float, newline=True)  # fmt: skip
+    return report(output_dir, plot)
