@@ -15,11 +15,13 @@ earlier versions of a moving encoder make the estimate drift upwards.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from .base import init_functions
-from .functional import mixture_log_prob
+from .functional import component_log_prob, mixture_log_prob
 
 __all__ = ["MemoryMixture"]
 
@@ -61,6 +63,21 @@ class MemoryMixture(nn.Module):
             raise ValueError("the memory is empty and no components were given")
         logits = centres.new_zeros(centres.shape[0])  # [M] uniform weights
         return mixture_log_prob(z.to(centres.dtype), centres, -log_scales, logits)  # [B]
+
+    def rate(self, z: Tensor, loc: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log p(z_n | x_n), log q(z_n))``, each ``[B]``, for samples ``z [B, d]`` of the batch's own components
+        ``loc`` / ``log_scale`` ``[B, d]``, with ``q`` the mixture over the memory and the batch.
+
+        Both come from one ``[B, M]`` matrix of component log-densities, the own density being the batch's diagonal
+        block, so the pointwise rate ``log p - log q`` stays at or below ``log M`` in floating point too (``q``
+        holds the own component with weight ``1/M``); two formulas for the same density would differ by rounding.
+        """
+        centres, log_scales = self.components(loc, log_scale)  # [M, d]
+        batch, total = z.shape[0], centres.shape[0]
+        log_densities = component_log_prob(z.to(centres.dtype), centres, -log_scales)  # [B, M]
+        own = log_densities[torch.arange(batch), total - batch + torch.arange(batch)]  # [B]
+        log_q = torch.logsumexp(log_densities, dim=1) - math.log(total)  # [B]
+        return own, log_q
 
     @torch.no_grad()
     def push(self, loc: Tensor, log_scale: Tensor) -> None:
