@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common.cli import option
+from common.cli import option, parse_weights
 from common.data import load_bug, load_reddit_bias, load_text_classification, resolve_model_name_or_path
 from common.fair_audit import (
     audit_markdown,
@@ -325,17 +325,6 @@ def plan_runs(
         for key in keys:
             groups.setdefault(key, []).append(method)
     return [(*key, group) for key, group in groups.items()]
-
-
-def parse_weights(value: str, name: str) -> list[float]:
-    """Comma-separated penalty weights, each finite and >= 0 (a clear error naming ``--name`` otherwise)."""
-    try:
-        weights = [float(w) for w in value.split(",") if w.strip()]
-    except ValueError:
-        raise ValueError(f"--{name} must be comma-separated numbers, got {value!r}") from None
-    if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise ValueError(f"--{name} must be finite numbers >= 0, got {value!r}")
-    return weights
 
 
 def check_options(script, args, methods: list[str], weights: list[float]) -> list[float] | None:

@@ -52,7 +52,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from common.bottleneck import BestEpochCallback, build_template, regression_metrics  # noqa: E402
-from common.cli import option  # noqa: E402
+from common.cli import option, parse_weights  # noqa: E402
 from common.data import resolve_model_name_or_path  # noqa: E402
 from common.paired_report import (  # noqa: E402
     format_table,
@@ -228,14 +228,8 @@ def beta_grid(script: ScriptArguments) -> dict[str, list[float]]:
         value = getattr(script, name)
         if value is None:
             value, name = script.beta, "beta"
-        items = _parse_list(str(value), name)
-        try:
-            betas = [float(v) for v in items]
-        except ValueError:
-            raise ValueError(f"--{name} must be a number or comma-separated numbers, got {value!r}") from None
-        if not all(math.isfinite(b) and b >= 0 for b in betas):
-            raise ValueError(f"--{name} must be finite numbers >= 0, got {value!r}")
-        grid[method] = betas
+        _parse_list(str(value), name)  # not empty, no duplicates
+        grid[method] = parse_weights(value, name)
     return grid
 
 
