@@ -368,11 +368,12 @@ def run(script: ScriptArguments, training: FineTuningArguments) -> dict[str, Any
     reusable = previous_rows(output_dir, setting) if script.resume else {}
     start_all = time.time()
 
-    def payload(complete: bool) -> dict[str, Any]:
+    def payload(complete: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The results so far and the rows of the weights chosen on validation."""
         chosen, selection = select_betas(rows, metric)
         return {"setting": setting, "rows": rows, "summary": summarize(chosen, methods, metric),
                 "beta_selection": selection, "wall_s_total": round(time.time() - start_all, 1),
-                "complete": complete}  # fmt: skip
+                "complete": complete}, chosen  # fmt: skip
 
     grid = beta_grid(script)
     if training.push_to_hub and len(grid[shared.push_method]) > 1:
@@ -396,14 +397,14 @@ def run(script: ScriptArguments, training: FineTuningArguments) -> dict[str, Any
             row = train_one(shared, method, seed, train, knife_config)
             rows.append(row)
             if main_process:
-                write_results(output_dir, payload(complete=False), rows, select_betas(rows, metric)[0])
+                partial, chosen = payload(complete=False)
+                write_results(output_dir, partial, rows, chosen)
                 tqdm.write(f"[{method} seed {seed}] test {metric} {row[f'test_{metric}']:.4f} (validation "
                            f"{row[f'validation_{metric}']:.4f} at epoch {row['best_epoch']}, {row['wall_s']} s)")  # fmt: skip
             progress.update(1)
     progress.close()
 
-    final = payload(complete=True)
-    chosen, _ = select_betas(rows, metric)
+    final, chosen = payload(complete=True)
     if main_process:
         write_results(output_dir, final, rows, chosen)
         if script.plot:
