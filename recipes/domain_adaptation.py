@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common.cli import end_distributed_run
 from common.da_model import BACKBONES, DomainAdaptationConfig, DomainAdaptationModel, DomainAdaptationTrainer
 from common.domains import ImageDataset, check_splits, load_splits
 from common.reporting import pyplot, write_csv, write_json
@@ -299,3 +300,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()
+    end_distributed_run()

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common.cli import option, parse_weights
+from common.cli import end_distributed_run, option, parse_weights
 from common.data import load_bug, load_reddit_bias, load_text_classification, resolve_model_name_or_path
 from common.fair_audit import (
     audit_markdown,
@@ -440,3 +440,4 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()

@@ -52,7 +52,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from common.bottleneck import BestEpochCallback, build_template, regression_metrics  # noqa: E402
-from common.cli import option, parse_weights  # noqa: E402
+from common.cli import end_distributed_run, option, parse_weights  # noqa: E402
 from common.data import resolve_model_name_or_path  # noqa: E402
 from common.paired_report import (  # noqa: E402
     format_table,
@@ -430,3 +430,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -346,3 +347,36 @@ def test_memory_rate_matches_torch_distributions_and_never_exceeds_log_m():
         z32 = loc32 + log_scale32.exp() * torch.randn(batch, d)
         log_p32, log_q32 = memory32.rate(z32, loc32, log_scale32)
         assert float((log_p32 - log_q32).max()) <= math.log(32) + 1e-6 * float(log_p32.abs().max())
+
+
+def test_penalty_keeps_float64_and_lifts_bfloat16_to_float32():
+    """A float64 penalty on float64 features computes in float64 (parity tests and scientists need that precision);
+    bfloat16 features meet a float32 penalty in float32, exactly as if the caller had cast them."""
+    torch.manual_seed(0)
+    z = torch.randn(32, 8)
+    y = z[:, :2] + 0.1 * torch.randn(32, 2)
+    config = KNIFEConfig(
+        sensitive_type="continuous", sensitive_dim=2, projection_dim=4, num_components=4, hidden_dims=[8]
+    )
+    single = build_penalty(config, 8)
+    single.init_from_samples(z, y)
+    single.eval()
+    double = copy.deepcopy(single).double()
+
+    z64 = z.double().requires_grad_(True)
+    out64 = double(z64, y.double())
+    out64.loss.backward()
+    assert out64.loss.dtype == torch.float64 and z64.grad.dtype == torch.float64
+    assert all(p.grad.dtype == torch.float64 for p in double.estimator_parameters() if p.grad is not None)
+    step = 1e-9 * torch.randn(32, 8, dtype=torch.float64)  # below float32 resolution: lost if Z were cast down
+    moved = double(z64.detach() + step, y.double()).loss - out64.loss.detach()
+    torch.testing.assert_close(moved, (z64.grad * step).sum(), rtol=1e-3, atol=0)  # first order, in float64
+    z32 = z.clone().requires_grad_(True)
+    out32 = single(z32, y)
+    out32.loss.backward()
+    torch.testing.assert_close(out64.loss.float(), out32.loss)  # the same number, to float32 rounding
+    torch.testing.assert_close(z64.grad.float(), z32.grad)
+
+    z16 = z.bfloat16()
+    torch.testing.assert_close(single(z16, y.bfloat16()).loss, single(z16.float(), y.bfloat16().float()).loss,
+                               rtol=0, atol=0)  # fmt: skip

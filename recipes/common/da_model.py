@@ -21,7 +21,7 @@ from hf_knife.estimators.variational import CLUB, InfoNCE
 from hf_knife.modeling import get_knife_module, knife_output_fields
 from hf_knife.ops import scale_gradient
 from hf_knife.penalties import KNIFEPenalty, PenaltyOutput, build_penalty
-from hf_knife.penalties.base import value_with_grad
+from hf_knife.penalties.base import upcast, value_with_grad
 from hf_knife.penalties.mutual_information import check_sensitive_labels
 from hf_knife.penalties.standardizer import RunningStandardizer
 from hf_knife.registry import PENALTY_REGISTRY
@@ -129,7 +129,7 @@ def _backbone(values: dict) -> nn.Module:
 
 def _pooled(encoder: nn.Module, pixel_values: Tensor) -> Tensor:
     """``[B, C, H, W] -> [B, c]``: the backbone's pooled output."""
-    return encoder(pixel_values=pixel_values).pooler_output.flatten(1)
+    return encoder(pixel_values=pixel_values.to(encoder.dtype)).pooler_output.flatten(1)
 
 
 class DomainAdaptationModel(PreTrainedModel):
@@ -194,10 +194,10 @@ class DomainAdaptationModel(PreTrainedModel):
         out: dict[str, Tensor | None] = {"logits": logits, "domain_logits": domain_logits}
         losses = []
         if labels is not None:
-            ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="sum")
+            ce = F.cross_entropy(upcast(logits), labels.long(), ignore_index=IGNORE_INDEX, reduction="sum")
             losses.append(ce / labels.shape[0])
         if domain_logits is not None and domain is not None:
-            losses.append(F.cross_entropy(domain_logits.float(), domain.long()))
+            losses.append(F.cross_entropy(upcast(domain_logits), domain.long()))
         if self.knife is not None and self.training and domain is not None:
             penalty = self.knife(z, sensitive=s)
             losses.append(penalty.loss)
