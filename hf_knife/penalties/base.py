@@ -53,7 +53,7 @@ STANDARDIZED_BANDWIDTH_BOUNDS = (1e-1, 1e2)
 
 
 def upcast(x: Tensor) -> Tensor:
-    """``x`` in the penalty's compute dtype: half precision (and integers) go to float32, float32 and float64 stay."""
+    """``x`` in at least float32: half precision (and integers) go to float32, float32 and float64 stay."""
     return x.to(torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32)
 
 
@@ -195,6 +195,13 @@ class KNIFEPenalty(nn.Module):
     def step(self) -> int:
         return self._step
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the penalty computes in: its own (float64 after ``.double()``), never below float32."""
+        for tensor in self.parameters():
+            return upcast(tensor).dtype
+        return torch.float32
+
     def current_weight(self, step: int | None = None) -> float:
         """``0`` during warm-up, then a linear ramp to ``weight`` over ``anneal_steps``; with a budget
         (``target``), the controller's multiplier after warm-up."""
@@ -223,8 +230,8 @@ class KNIFEPenalty(nn.Module):
         return z
 
     def prepare(self, z: Tensor) -> Tensor:
-        """Checks, at least fp32 (fp64 stays fp64), projection: ``[B, hidden] -> [B, dim]``."""
-        z = upcast(self.check_features(z))
+        """Checks, the penalty's compute dtype, projection: ``[B, hidden] -> [B, dim]``."""
+        z = self.check_features(z).to(self.compute_dtype)
         if self.projection is not None:
             z = z @ self.projection.to(z.dtype)  # [B, p]
         return z

@@ -13,7 +13,7 @@ from ..estimators import MarginalKernel, MemoryMixture
 from ..estimators.base import init_functions
 from ..ops import scale_gradient
 from ..registry import PENALTY_REGISTRY
-from .base import KNIFEPenalty, PenaltyOutput, upcast, value_with_grad
+from .base import KNIFEPenalty, PenaltyOutput, value_with_grad
 
 if TYPE_CHECKING:
     from ..config import KNIFEConfig
@@ -119,7 +119,7 @@ class InformationBottleneckPenalty(KNIFEPenalty):
             raise ValueError(
                 "information_bottleneck needs the head's output: z, extra = penalty.transform(h); penalty(z, **extra)"
             )
-        mu, log_sigma = upcast(mu), upcast(log_sigma)  # [B, d]
+        mu, log_sigma = mu.to(z.dtype), log_sigma.to(z.dtype)  # [B, d]
         d = z.shape[1]
         h_conditional = log_sigma.sum(1).mean() + 0.5 * d * math.log(2 * math.pi * math.e)  # h(Z|X), closed form
         kl = 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 1.0 - 2 * log_sigma).sum(1).mean()  # KL(q(z|x) || N(0, I))

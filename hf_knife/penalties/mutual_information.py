@@ -12,7 +12,7 @@ from ..estimators import build_mi_estimator
 from ..estimators.mutual_information import calibrated_log_posterior, fit_temperature
 from ..estimators.validation import check_labels
 from ..registry import PENALTY_REGISTRY
-from .base import KNIFEPenalty, PenaltyOutput, scale_rows, upcast, value_with_grad
+from .base import KNIFEPenalty, PenaltyOutput, scale_rows, value_with_grad
 
 if TYPE_CHECKING:
     from ..config import KNIFEConfig
@@ -33,7 +33,7 @@ def check_sensitive_labels(penalty: KNIFEPenalty, sensitive: Tensor | None, batc
         sensitive = torch.as_tensor(sensitive)
     if config.sensitive_type == "discrete":
         return check_labels(sensitive, f"sensitive column {column!r}", config.num_sensitive_classes, length=batch)
-    y = upcast(sensitive.reshape(batch, -1))  # [B, c]
+    y = sensitive.reshape(batch, -1).to(penalty.compute_dtype)  # [B, c]
     if y.shape[1] != config.sensitive_dim:
         raise ValueError(
             f"sensitive column {column!r} has {y.shape[1]} values per example, expected "
