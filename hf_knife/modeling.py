@@ -289,7 +289,8 @@ def derived_model_class(prefix: str, mixin: type, base_cls: type, namespace: dic
 
 
 def add_knife(model: PreTrainedModel, knife_config: KNIFEConfig) -> PreTrainedModel:
-    """Turn ``model`` into its KNIFE subclass in place and attach the penalty (on the model's device, fp32).
+    """Turn ``model`` into its KNIFE subclass in place and attach the penalty (on the model's device; fp32, or fp64
+    for a float64 model; never half precision).
 
     Call it before ``peft.get_peft_model`` and pass ``modules_to_save=["knife"]`` to the PEFT config.
     """
@@ -301,8 +302,8 @@ def add_knife(model: PreTrainedModel, knife_config: KNIFEConfig) -> PreTrainedMo
         raise ValueError(f"{type(model).__name__} already has a KNIFE penalty ({model.knife_config.penalty})")
     model.__class__ = knife_model_class(type(model))
     model._knife_attach(knife_config)
-    device = next(model.parameters()).device
-    model.knife.to(device=device, dtype=torch.float32)
+    reference = next(model.parameters())
+    model.knife.to(device=reference.device, dtype=torch.promote_types(reference.dtype, torch.float32))
     return model
 
 
