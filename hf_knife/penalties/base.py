@@ -38,14 +38,7 @@ from .standardizer import RunningStandardizer
 if TYPE_CHECKING:
     from ..config import KNIFEConfig
 
-__all__ = [
-    "STANDARDIZED_BANDWIDTH_BOUNDS",
-    "KNIFEPenalty",
-    "PenaltyOutput",
-    "scale_rows",
-    "upcast",
-    "value_with_grad",
-]
+__all__ = ["STANDARDIZED_BANDWIDTH_BOUNDS", "KNIFEPenalty", "PenaltyOutput", "scale_rows", "upcast", "value_with_grad"]
 
 #: Default clamp of the kernel bandwidths on standardised features: at least 10% of each coordinate's (floored)
 #: spread, so a dead or duplicated coordinate stays finite when it starts to move (well below Scott's rule, ~1).
@@ -133,9 +126,7 @@ class KNIFEPenalty(nn.Module):
                 sign=self.budget_sign(),
             )  # fmt: skip
         self._budget_sums: Tensor | None = None  # [k] float64 of the current step, see budget_statistics
-        self._step = (
-            0  # the optimizer step (begin_step), or the count of training forwards when used on its own
-        )
+        self._step = 0  # the optimizer step (begin_step), or the count of training forwards when used on its own
         self._managed = False  # begin_step was called: the caller ends the steps
         self._gathered = False
         self._known_initialized = False
@@ -143,9 +134,7 @@ class KNIFEPenalty(nn.Module):
     def _finish_init(self) -> None:
         """Subclasses call this once ``self.estimator`` exists: the inner fitter over its parameters, then the
         constructor-time initialisation."""
-        self.fitter = InnerFitter(
-            self.estimator_parameters(), self.config.estimator_lr, self.config.inner_steps
-        )
+        self.fitter = InnerFitter(self.estimator_parameters(), self.config.estimator_lr, self.config.inner_steps)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ parameters
@@ -155,9 +144,7 @@ class KNIFEPenalty(nn.Module):
         bounds = tuple(c.bandwidth_bounds) if c.bandwidth_bounds else None
         if bounds is None and c.standardize:  # in units of Z's running standard deviation
             bounds = STANDARDIZED_BANDWIDTH_BOUNDS
-        return dict(
-            num_components=c.num_components, covariance=c.covariance, rank=c.rank, bandwidth_bounds=bounds
-        )
+        return dict(num_components=c.num_components, covariance=c.covariance, rank=c.rank, bandwidth_bounds=bounds)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -307,9 +294,7 @@ class KNIFEPenalty(nn.Module):
             return
         if is_distributed():
             if sums is None:  # no training forward on this process: contribute nothing
-                sums = torch.zeros(
-                    self.budget_width(), dtype=torch.float64, device=self.budget.multiplier.device
-                )
+                sums = torch.zeros(self.budget_width(), dtype=torch.float64, device=self.budget.multiplier.device)
             torch.distributed.all_reduce(sums)
         if sums is not None and float(sums[1]) > 0:
             self.budget.update(self.budget_estimate(sums))
