@@ -1,15 +1,23 @@
-"""Cross-process helpers: an all-gather that carries gradient, and parameter broadcast."""
+"""Cross-process helpers: an all-gather that carries gradient, parameter broadcast, and a clean exit from torchrun."""
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["all_gather_with_grad", "broadcast_module", "check_gather", "check_launch", "is_distributed"]
+__all__ = [
+    "all_gather_with_grad",
+    "broadcast_module",
+    "check_gather",
+    "check_launch",
+    "end_distributed_run",
+    "is_distributed",
+]
 
 
 def is_distributed() -> bool:
@@ -111,3 +119,15 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
         return
     for tensor in [*module.parameters(), *module.buffers()]:
         dist.broadcast(tensor.data, src)
+
+
+def end_distributed_run() -> None:
+    """Under torchrun, leave once every rank has finished, skipping the interpreter's teardown of the live gloo
+    group: that teardown sometimes aborts a rank after all the work is written ("terminate called without an active
+    exception", about 1 run in 20 on CPU, with or without ``destroy_process_group``), so torchrun reports a failure.
+    Nothing happens in a single process. Call it last in a script's ``if __name__ == "__main__":``."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common.cli import end_distributed_run
 from common.da_model import BACKBONES, DomainAdaptationConfig, DomainAdaptationModel, DomainAdaptationTrainer
 from common.domains import ImageDataset, check_splits, load_splits
 from common.reporting import pyplot, write_csv, write_json
@@ -63,6 +62,7 @@ from common.stats import describe
 from transformers import AutoConfig, AutoModel, HfArgumentParser, set_seed
 
 from hf_knife.config import KNIFEConfig
+from hf_knife.distributed import end_distributed_run
 from hf_knife.trainer import KNIFETrainingArguments
 
 METHODS = ("source_only", "dann", "knife", "doe", "club", "infonce")

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common.cli import end_distributed_run, option, parse_weights
+from common.cli import option, parse_weights
 from common.data import load_bug, load_reddit_bias, load_text_classification, resolve_model_name_or_path
 from common.fair_audit import (
     audit_markdown,
@@ -72,6 +72,7 @@ from common.fair_audit import (
     write_results,
 )
 
+from hf_knife.distributed import end_distributed_run
 from hf_knife.erasure import (
     ERASURE_METHODS,
     add_erasure,

@@ -52,7 +52,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from common.bottleneck import BestEpochCallback, build_template, regression_metrics  # noqa: E402
-from common.cli import end_distributed_run, option, parse_weights  # noqa: E402
+from common.cli import option, parse_weights  # noqa: E402
 from common.data import resolve_model_name_or_path  # noqa: E402
 from common.paired_report import (  # noqa: E402
     format_table,
@@ -69,6 +69,7 @@ from common.text_splits import apply_dataset_defaults, load_splits, tokenize  # 
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import AutoTokenizer, DataCollatorWithPadding, HfArgumentParser  # noqa: E402
 
+from hf_knife.distributed import end_distributed_run  # noqa: E402
 from hf_knife.metrics import make_compute_metrics  # noqa: E402
 from hf_knife.trainer import KNIFETrainer, KNIFETrainingArguments  # noqa: E402
 

@@ -146,7 +146,8 @@ def test_inner_steps_fit_the_estimator_and_keep_outer_gradients():
     assert torch.equal(loc.grad, torch.ones_like(loc))
 
 
-def test_continuous_sensitive_and_projection():
+def _continuous_penalty_with_projection():
+    """A penalty on 8-d Z projected to 4-d, S continuous 2-d; initialised at the returned ``(z [32, 8], y [32, 2])``."""
     torch.manual_seed(0)
     z = torch.randn(32, 8)
     y = z[:, :2] + 0.1 * torch.randn(32, 2)
@@ -155,6 +156,11 @@ def test_continuous_sensitive_and_projection():
     )
     penalty = build_penalty(config, 8)
     penalty.init_from_samples(z, y)
+    return penalty, z, y
+
+
+def test_continuous_sensitive_and_projection():
+    penalty, z, y = _continuous_penalty_with_projection()
     out = penalty(z.requires_grad_(True), y)
     out.loss.backward()
     assert torch.isfinite(out.loss) and penalty.projection.shape == (8, 4)
@@ -352,14 +358,7 @@ def test_memory_rate_matches_torch_distributions_and_never_exceeds_log_m():
 def test_penalty_keeps_float64_and_lifts_bfloat16_to_float32():
     """A float64 penalty on float64 features computes in float64 (parity tests and scientists need that precision);
     bfloat16 features meet a float32 penalty in float32, exactly as if the caller had cast them."""
-    torch.manual_seed(0)
-    z = torch.randn(32, 8)
-    y = z[:, :2] + 0.1 * torch.randn(32, 2)
-    config = KNIFEConfig(
-        sensitive_type="continuous", sensitive_dim=2, projection_dim=4, num_components=4, hidden_dims=[8]
-    )
-    single = build_penalty(config, 8)
-    single.init_from_samples(z, y)
+    single, z, y = _continuous_penalty_with_projection()
     single.eval()
     double = copy.deepcopy(single).double()
 

@@ -47,7 +47,7 @@ STANDARDIZED_BANDWIDTH_BOUNDS = (1e-1, 1e2)
 
 def upcast(x: Tensor) -> Tensor:
     """``x`` in at least float32: half precision (and integers) go to float32, float32 and float64 stay."""
-    return x.to(torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32)
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 @dataclass
@@ -185,9 +185,8 @@ class KNIFEPenalty(nn.Module):
     @property
     def compute_dtype(self) -> torch.dtype:
         """The dtype the penalty computes in: its own (float64 after ``.double()``), never below float32."""
-        for tensor in self.parameters():
-            return upcast(tensor).dtype
-        return torch.float32
+        parameter = next(self.parameters(), None)
+        return torch.float32 if parameter is None else torch.promote_types(parameter.dtype, torch.float32)
 
     def current_weight(self, step: int | None = None) -> float:
         """``0`` during warm-up, then a linear ramp to ``weight`` over ``anneal_steps``; with a budget

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import sys
 from typing import Any
 
 
@@ -24,17 +22,3 @@ def parse_weights(value: str, name: str) -> list[float]:
     if any(not math.isfinite(w) or w < 0 for w in weights):
         raise ValueError(f"--{name} must be finite numbers >= 0, got {value!r}")
     return weights
-
-
-def end_distributed_run() -> None:
-    """Under torchrun, leave once every rank has finished, skipping the interpreter's teardown of the live gloo
-    group: that teardown sometimes aborts a rank after all the work is written ("terminate called without an active
-    exception", about 1 run in 20 on CPU, with or without ``destroy_process_group``), so torchrun reports a failure.
-    Nothing happens in a single process. Call it last in ``if __name__ == "__main__":``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)

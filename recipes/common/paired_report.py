@@ -208,7 +208,6 @@ def report(output_dir: Path, plot: bool = True) -> dict[str, Any]:
     return payload
 
 
-
 def merge(folders: list[Path], output_dir: Path, plot: bool = True) -> dict[str, Any]:
     """``--merge_from``: the rows of several runs of one setting (e.g. methods run in parallel processes) in one
     ``<output_dir>/results.json``, then the summary of :func:`report` (weights chosen on validation)."""

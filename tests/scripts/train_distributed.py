@@ -19,6 +19,7 @@ from conftest import synthetic_dataset, tiny_model, training_args  # noqa: E402
 from transformers import default_data_collator  # noqa: E402
 
 from hf_knife.config import BudgetOptions, KNIFEConfig, MutualInformationOptions  # noqa: E402
+from hf_knife.distributed import end_distributed_run  # noqa: E402
 from hf_knife.trainer import KNIFETrainer  # noqa: E402
 
 
@@ -42,15 +43,8 @@ def main() -> None:
         logs = [e for e in trainer.state.log_history if "knife/mutual_information" in e]
         with open(output + ".json", "w") as f:
             json.dump({"world_size": trainer.args.world_size, "logs": logs}, f)
-    if torch.distributed.is_initialized():
-        # Every rank has finished training and rank 0 has written its files. Leave without the interpreter's
-        # teardown: tearing down a live gloo group sometimes aborts a rank ("terminate called without an active
-        # exception", about 1 run in 20, with or without destroy_process_group), which is not what this tests.
-        torch.distributed.barrier()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
 
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()  # every rank has finished and rank 0 has written its files
