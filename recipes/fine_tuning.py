@@ -8,6 +8,9 @@ Model: a pre-trained encoder, a pooled sentence vector (mean over the attention 
 - ``vib``:   z = mu + sigma(mu) * eps, loss = task + vib_beta * KL(N(mu, sigma^2) || N(0, I))   (Alemi et al.)
 - ``knife``: the same stochastic head, loss = task + beta * I_hat(X; Z) with
              I_hat = h_KNIFE(Z) - h(Z | X)   (h(Z|X) in closed form from sigma; KNIFE fitted along; docs/design.md §1).
+- ``frozen``: no fine-tuning: a logistic-regression probe on the pre-trained encoder's pooled vectors, C chosen on
+             validation accuracy (``hf_knife.erasure.fit_linear_head``), the practitioner's first baseline
+             (classification only; ``--methods frozen,none,vib,knife`` puts it in the same table).
 
 The two weights differ by default (``--beta 0.001``, ``--vib_beta 0.01``): at 0.01 the KNIFE penalty collapsed z onto
 noise on BBC News (validation accuracy 0.52 against 0.91 at 0.001; ``results/fine_tuning/knife_beta_selection.json``).
@@ -44,12 +47,13 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common.bottleneck import BestEpochCallback, build_template, regression_metrics  # noqa: E402
 from common.cli import option, parse_weights  # noqa: E402
@@ -66,16 +70,19 @@ from common.paired_report import (  # noqa: E402
     write_results,
 )
 from common.text_splits import apply_dataset_defaults, load_splits, tokenize  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
-from transformers import AutoTokenizer, DataCollatorWithPadding, HfArgumentParser  # noqa: E402
+from transformers import AutoTokenizer, DataCollatorWithPadding, EvalPrediction, HfArgumentParser  # noqa: E402
 
 from hf_knife.distributed import end_distributed_run  # noqa: E402
+from hf_knife.erasure import fit_linear_head  # noqa: E402
 from hf_knife.metrics import make_compute_metrics  # noqa: E402
+from hf_knife.representation import Representation, extract_features  # noqa: E402
 from hf_knife.trainer import KNIFETrainer, KNIFETrainingArguments  # noqa: E402
 
 logger = logging.getLogger("fine_tuning")
 
-METHODS = ("none", "vib", "knife")
+METHODS = ("frozen", "none", "vib", "knife")
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
 REGRESSION_METRICS = ("pearson", "spearman")
 
@@ -98,7 +105,8 @@ class ScriptArguments:
     metric: str = option("auto", "selection and report metric: accuracy / macro_f1 (classification), pearson / "
                                  "spearman (regression); 'auto': accuracy or pearson")
     model_name_or_path: str = option("minilm", "encoder: 'minilm' (the offline all-MiniLM-L6-v2), a Hub id or a folder")
-    methods: str = option("none,vib,knife", "comma-separated subset of none,vib,knife")
+    methods: str = option("none,vib,knife", "comma-separated subset of frozen,none,vib,knife (frozen: a linear probe on "
+                                            "the pre-trained encoder, no fine-tuning)")
     seeds: str = option("1,2,3", "comma-separated seeds (paired across methods)")
     num_train_per_class: int | None = option(5, "training examples per class (classification; seeded stratified sample)")
     num_train_samples: int | None = option(None, "total training examples (stratified by class for classification); "
@@ -224,7 +232,7 @@ def resolve_metric(metric: str, task: str) -> str:
 
 def beta_grid(script: ScriptArguments) -> dict[str, list[float]]:
     """The weights each method is trained with: ``{"none": [0.0], "vib": [...], "knife": [...]}``."""
-    grid = {"none": [0.0]}
+    grid = {"frozen": [0.0], "none": [0.0]}
     for method, name in (("knife", "beta"), ("vib", "vib_beta")):
         value = getattr(script, name)
         if value is None:
@@ -239,7 +247,7 @@ def knife_config_for(
 ):
     """The information-bottleneck KNIFEConfig of ``method`` at weight ``beta`` ('none': None), from the
     ``--knife_*`` options."""
-    if method == "none":
+    if method in ("frozen", "none"):
         return None
     anneal = training.knife_anneal_steps or int(round(script.anneal_fraction * total_steps))
     return dataclasses.replace(
@@ -266,6 +274,7 @@ class Shared:
     compute_metrics: Any
     push_method: str
     first_seed: int
+    frozen_vectors: dict[str, Any] = field(default_factory=dict)  # split name -> [N, d] pooled vectors (frozen)
 
 
 def train_one(shared: Shared, method: str, seed: int, train: Any, knife_config: Any) -> dict[str, Any]:
@@ -316,6 +325,37 @@ def train_one(shared: Shared, method: str, seed: int, train: Any, knife_config: 
     return row
 
 
+def pooled_vectors(shared: Shared, dataset: Any) -> Any:
+    """``[N, d]``: the pre-trained encoder's pooled sentence vectors (``--pooling``) of a tokenized split."""
+    model = shared.template
+    columns = [c for c in dataset.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
+    loader = DataLoader(dataset.select_columns(columns), batch_size=shared.training.per_device_eval_batch_size,
+                        collate_fn=DataCollatorWithPadding(shared.tokenizer))  # fmt: skip
+    return extract_features(model, loader, Representation.resolve(model, shared.script.pooling)).numpy()
+
+
+def probe_one(shared: Shared, seed: int, train: Any) -> dict[str, Any]:
+    """``frozen``: a logistic-regression probe on one seed's training split; its row, as :func:`train_one`'s."""
+    start = time.time()
+    for name, split in (("validation", shared.validation), ("test", shared.test)):  # the same for every seed
+        if name not in shared.frozen_vectors:
+            shared.frozen_vectors[name] = pooled_vectors(shared, split)
+    vectors = {"train": pooled_vectors(shared, train), **shared.frozen_vectors}
+    labels = {"train": train["labels"], "validation": shared.validation["labels"], "test": shared.test["labels"]}
+    num_labels = shared.template.config.num_labels
+    head = fit_linear_head(vectors["train"], labels["train"], vectors["validation"], labels["validation"],
+                           num_labels=num_labels, seed=seed)  # fmt: skip
+    scores = {name: shared.compute_metrics(EvalPrediction(predictions=vectors[name] @ head.weight.T + head.bias,
+                                                          label_ids=np.asarray(labels[name])))
+              for name in ("validation", "test")}  # fmt: skip
+    return {
+        "method": "frozen", "seed": seed, "num_train": len(train), "steps": 0, "best_epoch": None,
+        f"validation_{shared.metric}": float(scores["validation"][shared.metric]),
+        **{f"test_{k}": float(v) for k, v in scores["test"].items()},
+        "wall_s": round(time.time() - start, 1), "beta": None, "anneal_steps": None, "probe_C": head.C,
+    }  # fmt: skip
+
+
 def run(script: ScriptArguments, training: FineTuningArguments) -> dict[str, Any]:
     methods, seeds = check_script_arguments(apply_dataset_defaults(script))
     main_process = training.process_index == 0
@@ -331,6 +371,8 @@ def run(script: ScriptArguments, training: FineTuningArguments) -> dict[str, Any
     for seed in seeds:
         splits[seed], task = load_splits(script, seed)
     metric = resolve_metric(script.metric, task)
+    if "frozen" in methods and task != "classification":
+        raise ValueError(f"--methods frozen is a logistic-regression probe: it needs a classification task, not {task}")
     first = splits[seeds[0]]
     num_labels = first["train"].features["label"].num_classes if task == "classification" else 1
     pair = script.text_pair_column is not None
@@ -377,6 +419,8 @@ def run(script: ScriptArguments, training: FineTuningArguments) -> dict[str, Any
                 "complete": complete}, chosen  # fmt: skip
 
     grid = beta_grid(script)
+    if training.push_to_hub and shared.push_method == "frozen":
+        raise ValueError("--push_to_hub: frozen trains no model to push; choose --push_method none, vib or knife")
     if training.push_to_hub and len(grid[shared.push_method]) > 1:
         raise ValueError(f"--push_to_hub with a grid of weights for {shared.push_method}: choose the weight first "
                          "(on validation), then push a run with that single weight")  # fmt: skip
@@ -395,7 +439,10 @@ def run(script: ScriptArguments, training: FineTuningArguments) -> dict[str, Any
                 rows.append({**old, "reused": True})  # --resume: same setting, seed and beta
                 progress.update(1)
                 continue
-            row = train_one(shared, method, seed, train, knife_config)
+            if method == "frozen":
+                row = probe_one(shared, seed, train)
+            else:
+                row = train_one(shared, method, seed, train, knife_config)
             rows.append(row)
             if main_process:
                 partial, chosen = payload(complete=False)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from datasets import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,6 +137,35 @@ def test_classification_all_methods_paired_seeds(assets, tmp_path):
     assert len(pd.read_csv(out / "results.csv")) == 8
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_frozen_probe_reads_the_pretrained_pooled_vectors_in_the_same_table(assets, tmp_path, pooling):
+    """``frozen``: a logistic-regression probe on the untouched encoder's pooled vectors, paired with ``none``."""
+    out = tmp_path / "frozen"
+    payload = ft.main(_argv(assets, out, "--train_file", str(assets / "cls.csv"), "--num_train_per_class", "4",
+                            "--seeds", "1,2", "--validation_size", "12", "--test_size", "12", "--no_plot",
+                            "--methods", "frozen,none", "--pooling", pooling))  # fmt: skip
+    frozen = [r for r in payload["rows"] if r["method"] == "frozen"]
+    assert [r["seed"] for r in frozen] == [1, 2] and all(r["steps"] == 0 and r["probe_C"] > 0 for r in frozen)
+    assert all(0 <= r["test_accuracy"] <= 1 and 0 <= r["validation_accuracy"] <= 1 for r in frozen)
+    by = {(r["method"], r["seed"]): r["test_accuracy"] for r in payload["rows"]}
+    diff = payload["summary"]["paired_difference_to_none"]["frozen"]
+    assert diff["differences"] == [by["frozen", s] - by["none", s] for s in (1, 2)]
+    assert not (out / "runs").exists()
+    # the vectors are the pre-trained encoder's masked mean (or first token) of the last hidden state
+    tokenizer = ft.AutoTokenizer.from_pretrained(assets / "model")
+    template = ft.build_template(str(assets / "model"), 3, "classification", pooling, 8).eval()
+    texts = ["alice met bob", "a much longer sentence about carol and dave"]
+    dataset = ft.tokenize(Dataset.from_dict({"text": texts, "label": [0, 1]}), tokenizer, 16, False)
+    shared = ft.Shared(ft.ScriptArguments(pooling=pooling), ft.FineTuningArguments(output_dir=str(tmp_path)),
+                       "accuracy", tokenizer, None, None, template, None, "none", 1)  # fmt: skip
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = template.backbone(**batch).last_hidden_state  # [2, T, d]
+    mask = batch["attention_mask"].unsqueeze(-1).float()  # [2, T, 1]
+    expected = hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1)
+    np.testing.assert_allclose(ft.pooled_vectors(shared, dataset), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_regression_sentence_pairs(assets, tmp_path):
     """STS-B style: numeric labels -> regression (MSE head, Pearson / Spearman), token_type_ids for the pair."""
     out = tmp_path / "sts"
@@ -240,6 +270,8 @@ def test_conditional_entropy_of_the_gaussian_head_matches_torch_distributions(tm
         (["--train_file", "{cls}", "--beta", "0.001,-1"], "--beta must be finite numbers >= 0"),
         (["--train_file", "{cls}", "--vib_beta", "0.01,x"], "--vib_beta must be a number or comma-separated"),
         (["--train_file", "{cls}", "--beta", "0.1,0.1"], "--beta has duplicates"),
+        (["--train_file", "{sts}", "--text_column", "s1", "--label_column", "score", "--methods", "frozen,none"],
+         "frozen is a logistic-regression probe: it needs a classification task, not regression"),
     ],
 )  # fmt: skip
 def test_bad_input_fails_before_training(assets, tmp_path, extra, message):
